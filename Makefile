@@ -1,0 +1,23 @@
+# Two commands for a new user; each does its own set-up (a .venv filled on first use).
+#   make train   -> Tier-1: composer recipes/train.py yamls/tier1_overfit.yaml
+#   make test    -> the test suite (what CI runs)
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: train test setup
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e '.[dev]'
+	@command -v pdftoppm >/dev/null || (apt-get install -y -q poppler-utils || (apt-get update -q && apt-get install -y -q poppler-utils)) || echo "warning: poppler-utils (pdftoppm/pdftotext) not installed; PDF sources will not work"
+	touch $@
+
+setup: $(BIN)/.installed
+
+train: setup
+	$(BIN)/composer recipes/train.py yamls/tier1_overfit.yaml
+
+test: setup
+	$(BIN)/pytest -q
