@@ -1,0 +1,236 @@
+"""Convert data sources into Streaming MDS shards, validating every record and reporting every rejection.
+
+    python -m nanoocr.convert_to_mds --input SPEC [--input SPEC ...] --out DIR_OR_URL [--workers N]
+        [--max-side PX] [--max-pixels N] [--compression zstd|none] [--limit N]
+
+SPEC is one of
+    path/to/file.jsonl             one unified conversation per line: {"id"?, "source"?, "messages": [...],
+                                   "image"?: path relative to the jsonl's folder}
+    pdf:path/to/dir                every page of every PDF under dir (nanoocr.pdf)
+    hf:<dataset-id>[:<config>][:<split>]   a hub dataset read by the Task whose HUB_ID it is
+    task:<Name>[:<source>[:<split>]]       a Task class from nanoocr.tasks on a hub id or local path
+    synthetic:<generator>:<n>[:<seed>]     a built-in generator (nanoocr.synthetic.GENERATORS)
+
+Output: MDS columns `id` str, `source` str, `messages` json, `image` bytes (original encoding; b"" when
+none), plus `rejected.jsonl` (one {"id", "reason", "source"} per rejection) and `summary.json`
+({"read", "written", "rejected", "by_source", "by_reason", "seconds", "records_per_s"}) with
+read == written + rejected, asserted. The exit code is 0 whenever the conversion ran to the end, whatever
+it rejected; 2 for usage errors (a bad SPEC, an unusable --out).
+
+Notable features:
+- validation (`nanoocr.records.validate_record`: conversation shape, `<image>` tags, UTF-8, paths inside
+  the data root, full image decode) runs in a process pool when --workers > 1, in fixed-size batches so
+  memory stays bounded and the output order is the input order (deterministic shards);
+- PDF pages are rendered by --workers concurrent poppler processes (threads suffice: the work is in
+  child processes);
+- remote --out (s3://, gs://, oci://, ...): MDSWriter writes shards to a local temp folder and uploads
+  them; rejected.jsonl and summary.json are uploaded the same way. Credentials come from the usual
+  environment of each cloud SDK.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+from collections import Counter
+from multiprocessing import Pool
+from pathlib import Path
+from typing import Iterator
+
+from nanoocr.images import MAX_PIXELS
+from nanoocr.records import RecordError, validate_record
+
+COLUMNS = {"id": "str", "source": "str", "messages": "json", "image": "bytes"}
+BATCH_PER_WORKER = 32
+
+
+class SpecError(ValueError):
+    """A --input SPEC that cannot be used (a usage error, exit code 2)."""
+
+
+def jsonl_records(path: Path) -> Iterator[dict]:
+    """Records from a unified-format JSONL; undecodable lines become error records naming the line."""
+    stem = path.stem
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue  # blank lines separate nothing and hold no record
+            rid = f"{path.name}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield {"id": rid, "source": stem, "error": f"not valid UTF-8: line {lineno}, byte offset {e.start}"}
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield {"id": rid, "source": stem, "error": f"not valid JSON: line {lineno} ({e.msg} at column {e.colno})"}
+                continue
+            if not isinstance(obj, dict):
+                yield {"id": rid, "source": stem, "error": f"not a JSON object: line {lineno}"}
+                continue
+            image = obj.get("image", obj.get("image_path"))  # image_path: the older data-plan spelling
+            yield {"id": str(obj.get("id") or rid), "source": str(obj.get("source") or stem),
+                   "messages": obj.get("messages"), "image": image or None}
+
+
+def task_records(task) -> Iterator[dict]:
+    for i in range(len(task)):
+        try:
+            yield task[i]
+        except Exception as e:  # a source bug or a broken row must not stop the conversion
+            yield {"id": f"{task.name}:{i}", "source": task.name, "error": f"task failed: {type(e).__name__}: {e}"}
+
+
+def parse_spec(spec: str, workers: int = 1) -> tuple[Iterator[dict], Path | None]:
+    """(record iterator, data root for relative image paths) for one --input SPEC, or SpecError."""
+    kind, _, rest = spec.partition(":")
+    if kind == "pdf":
+        from nanoocr.pdf import pdf_pages
+        if not Path(rest).exists():
+            raise SpecError(f"{spec}: no such file or folder {rest!r}")
+        return pdf_pages(rest, workers=workers), None
+    if kind == "synthetic":
+        from nanoocr.synthetic import GENERATORS
+        parts = rest.split(":")
+        if len(parts) not in (2, 3) or parts[0] not in GENERATORS or not all(p.isdigit() for p in parts[1:]):
+            raise SpecError(f"{spec}: expected synthetic:<generator>:<n>[:<seed>] with generator in {sorted(GENERATORS)}")
+        return GENERATORS[parts[0]](int(parts[1]), int(parts[2]) if len(parts) == 3 else 0), None
+    if kind in ("hf", "task"):
+        import nanoocr.tasks as tasks
+        parts = rest.split(":")
+        try:
+            if kind == "hf":
+                matches = [c for c in tasks.SOURCES if c.HUB_ID == parts[0] and issubclass(c, tasks.HFTask)]
+                if not matches:
+                    known = sorted(c.HUB_ID for c in tasks.SOURCES if issubclass(c, tasks.HFTask))
+                    raise SpecError(f"{spec}: no Task reads {parts[0]!r} from the hub (known: {known}); "
+                                    "for a downloaded release use task:<Name>:<path>")
+                config = parts[1] if len(parts) > 1 and parts[1] else None
+                task = matches[0](split=parts[2] if len(parts) > 2 else "train", config=config)
+            else:
+                cls = getattr(tasks, parts[0], None)
+                if cls not in tasks.SOURCES:
+                    raise SpecError(f"{spec}: unknown task {parts[0]!r} (known: {[c.__name__ for c in tasks.SOURCES]})")
+                args = parts[1:2]
+                kwargs = {"split": parts[2]} if len(parts) > 2 else {}
+                task = cls(*args, **kwargs)
+        except SpecError:
+            raise
+        except Exception as e:  # cannot even open the source: the user's input is wrong
+            raise SpecError(f"{spec}: cannot open source: {type(e).__name__}: {e}")
+        return task_records(task), None
+    path = Path(spec)
+    if path.suffix == ".jsonl":
+        if not path.is_file():
+            raise SpecError(f"{spec}: no such file")
+        return jsonl_records(path), path.parent
+    raise SpecError(f"{spec}: not a .jsonl file nor pdf:, hf:, task:, synthetic: SPEC")
+
+
+def _validate(item):
+    """Worker: (label, record, data_root, max_pixels, max_side) -> (label, record | None, rejection | None)."""
+    label, rec, root, max_pixels, max_side = item
+    try:
+        return label, validate_record(rec, root, max_pixels=max_pixels, max_side=max_side), None
+    except RecordError as e:
+        reason = str(e)
+    except Exception as e:  # a validator bug on one record is that record's rejection, not a crash
+        reason = f"validation failed: {type(e).__name__}: {e}"
+    rid = rec.get("id", "") if isinstance(rec, dict) else ""
+    return label, None, {"id": str(rid), "reason": reason, "source": label}
+
+
+def convert(inputs: list[tuple[str, Iterator[dict], Path | None]], out: str, workers: int = 1,
+            max_side: int | None = None, max_pixels: int = MAX_PIXELS, compression: str | None = "zstd",
+            limit: int | None = None) -> dict:
+    """Validate and write every record of `inputs` [(label, records, data_root)] to MDS at `out`."""
+    from streaming import MDSWriter
+    from tqdm import tqdm
+
+    items = ((label, rec, root, max_pixels, max_side)
+             for label, records, root in inputs for rec in itertools.islice(records, limit))
+    # The pool is forked before MDSWriter starts its upload threads (forking a threaded process is unsafe).
+    pool = Pool(workers) if workers > 1 else None
+    counts = {label: Counter(read=0, written=0, rejected=0) for label, _, _ in inputs}
+    reasons: Counter = Counter()
+    t0 = time.time()
+    try:
+        with MDSWriter(out=out, columns=COLUMNS, compression=compression) as writer:
+            rejected_path = Path(writer.local) / "rejected.jsonl"
+            with open(rejected_path, "w", encoding="utf-8") as rejected, tqdm(unit="rec", desc="convert") as bar:
+                while batch := list(itertools.islice(items, max(1, workers) * BATCH_PER_WORKER)):
+                    results = pool.map(_validate, batch) if pool else map(_validate, batch)
+                    for label, rec, rej in results:
+                        counts[label]["read"] += 1
+                        if rec is not None:
+                            writer.write({**rec, "image": rec["image"] or b""})
+                            counts[label]["written"] += 1
+                        else:
+                            rejected.write(json.dumps(rej, ensure_ascii=False) + "\n")
+                            counts[label]["rejected"] += 1
+                            reasons[rej["reason"].split(":")[0]] += 1
+                        bar.update(1)
+            total = sum(counts.values(), Counter())
+            seconds = time.time() - t0
+            summary = {"read": total["read"], "written": total["written"], "rejected": total["rejected"],
+                       "by_source": {k: dict(v) for k, v in counts.items()}, "by_reason": dict(reasons),
+                       "seconds": round(seconds, 3), "records_per_s": round(total["read"] / max(seconds, 1e-9), 2)}
+            assert summary["read"] == summary["written"] + summary["rejected"], f"count mismatch: {summary}"
+            (Path(writer.local) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            if writer.remote:  # the reports travel with the shards
+                for name in ("rejected.jsonl", "summary.json"):
+                    writer.cloud_writer.upload_file(name)
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
+    return summary
+
+
+def check_out(out: str) -> str | None:
+    """Why `out` cannot be used as an output location, or None. Remote URLs are checked by MDSWriter."""
+    if "://" in out:
+        return None
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"cannot create output folder {out}: {e.strerror}"
+    if not os.access(path, os.W_OK):
+        return f"output folder {out} is not writable"
+    if any(path.iterdir()):
+        return f"output folder {out} is not empty (MDS shards are never mixed with older ones)"
+    return None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m nanoocr.convert_to_mds", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--input", action="append", required=True, metavar="SPEC", help="a source (repeatable)")
+    ap.add_argument("--out", required=True, help="output folder or remote URL (s3://bucket/path, ...)")
+    ap.add_argument("--workers", type=int, default=1, help="validation processes / PDF renderers")
+    ap.add_argument("--max-side", type=int, default=None, help="downscale images whose longer side exceeds PX")
+    ap.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="reject images with more pixels (bomb guard)")
+    ap.add_argument("--compression", choices=["zstd", "none"], default="zstd")
+    ap.add_argument("--limit", type=int, default=None, help="read at most N records from each input")
+    args = ap.parse_args(argv)
+    if args.workers < 1 or (args.limit is not None and args.limit < 0):
+        ap.error("--workers must be >= 1 and --limit >= 0")
+    try:
+        inputs = [(spec, *parse_spec(spec, args.workers)) for spec in args.input]
+    except SpecError as e:
+        ap.error(str(e))
+    if problem := check_out(args.out):
+        ap.error(problem)
+    summary = convert(inputs, args.out, workers=args.workers, max_side=args.max_side, max_pixels=args.max_pixels,
+                      compression=None if args.compression == "none" else args.compression, limit=args.limit)
+    print(f"read {summary['read']}, written {summary['written']}, rejected {summary['rejected']} "
+          f"({summary['records_per_s']} records/s) -> {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

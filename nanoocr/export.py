@@ -1,0 +1,122 @@
+"""Export a trained model to a self-contained folder, and load it back without Composer.
+
+    python -m nanoocr.export --checkpoint runs/x/checkpoints/latest-rank0.pt --config runs/x/config.yaml --out DIR
+
+DIR gets `model.safetensors` (NanoOCR state dict), `config.json` (the VLMConfig as nested dicts, plus the
+image mode and prompt used in training) and `tokenizer.json` (or the tokenizer files). `load_model(DIR)`
+rebuilds the model from those files alone.
+
+Composer checkpoints are pickles. They are opened with `weights_only=True` and an allow-list of the few
+Composer/stdlib classes a checkpoint holds; a checkpoint needing anything else is refused, not executed.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def config_to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(d: dict):
+    from nanoocr.clip import CLIPConfig
+    from nanoocr.gpt import GPTConfig
+    from nanoocr.sam import SAMConfig
+    from nanoocr.vlm import VLMConfig
+
+    def make(cls, values):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(values) - set(fields)
+        if unknown:
+            raise ValueError(f"config.json: unknown {cls.__name__} keys {sorted(unknown)}")
+        # JSON turns tuples into lists; give tuple-typed fields their tuples back.
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+    d = dict(d)
+    return make(VLMConfig, {**d, "sam": make(SAMConfig, d["sam"]), "clip": make(CLIPConfig, d["clip"]),
+                            "gpt": make(GPTConfig, d["gpt"])})
+
+
+def export_model(model, tokenizer, out: str | Path, mode: str = "base", prompt: str = "<image>\nFree OCR.") -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, out / "model.safetensors")
+    meta = {"model": config_to_dict(model.config), "mode": mode, "prompt": prompt}
+    (out / "config.json").write_text(json.dumps(meta, indent=2))
+    tokenizer.save(out)
+    print(f"[nanoocr] exported {sum(v.numel() for v in state.values()):,} parameters → {out}", flush=True)
+    return out
+
+
+def load_model(directory: str | Path, device: str = "cpu"):
+    """→ (NanoOCR in eval mode, tokenizer, meta dict with 'mode' and 'prompt')."""
+    from nanoocr.tokenizer import Tokenizer, load_nanochat_tokenizer
+    from nanoocr.vlm import NanoOCR
+    directory = Path(directory)
+    for name in ("model.safetensors", "config.json"):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"{directory}: missing {name} (not a nanoocr export folder)")
+    meta = json.loads((directory / "config.json").read_text())
+    model = NanoOCR(config_from_dict(meta["model"]))
+    missing, unexpected = model.load_state_dict(load_file(directory / "model.safetensors"), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{directory}/model.safetensors does not match config.json: "
+                         f"missing {missing[:5]}..., unexpected {unexpected[:5]}...")
+    if (directory / "tokenizer.json").is_file():
+        tokenizer = Tokenizer.from_file(directory)
+    else:
+        tokenizer = load_nanochat_tokenizer(directory)
+    return model.to(device).eval(), tokenizer, meta
+
+
+def load_composer_state(path: str | Path) -> dict:
+    """The model state dict inside a Composer checkpoint, loaded with weights_only=True."""
+    import datetime
+    from composer.core.time import Time, TimeUnit, Timestamp
+    safe = [Timestamp, Time, TimeUnit, datetime.timedelta]
+    with torch.serialization.safe_globals(safe):
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    state = ckpt["state"]["model"]
+    # ComposerNanoOCR keeps the network under `model.`; DDP adds `module.`.
+    prefix = "module.model." if any(k.startswith("module.model.") for k in state) else "model."
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", required=True, help="a Composer checkpoint (.pt) written by recipes/train.py")
+    ap.add_argument("--config", help="the run's resolved config.yaml (default: next to the run folder)")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    from omegaconf import OmegaConf as om
+
+    from nanoocr.recipe import build_model, build_tokenizer
+    ckpt = Path(args.checkpoint)
+    cfg_path = Path(args.config) if args.config else next(
+        (p / "config.yaml" for p in ckpt.resolve().parents if (p / "config.yaml").is_file()), None)
+    if cfg_path is None or not cfg_path.is_file():
+        print(f"error: no config.yaml found above {ckpt}; pass --config", file=sys.stderr)
+        return 2
+    cfg = om.to_container(om.load(cfg_path), resolve=True)
+    run_folder = cfg.get("run_folder") or str(cfg_path.parent)
+    tokenizer = build_tokenizer(cfg.get("tokenizer") or {}, run_folder, [])
+    model = build_model({**cfg["model"], "pretrained": {}}, tokenizer)
+    missing, unexpected = model.load_state_dict(load_composer_state(ckpt), strict=False)
+    if missing or unexpected:
+        print(f"error: checkpoint does not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}",
+              file=sys.stderr)
+        return 1
+    export_model(model, tokenizer, args.out, mode=cfg["train_loader"]["dataset"].get("mode", "base"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""Image decoding and the five DeepSeek-OCR image modes, pixel-exact with the public reference.
+
+Notable features:
+- `open_image`: bytes or path -> RGB PIL image with EXIF orientation applied; every failure (missing,
+  empty, not an image, truncated, decompression bomb, undecodable) is an `ImageError` with a reason.
+  The pixels are decoded here (`img.load()`), so a truncated file fails at open time, not in the loader.
+- Odd modes (palette with transparency, LA, RGBA, CMYK, 1-bit, grayscale) go through PIL's plain
+  `.convert("RGB")`, as the reference does: alpha is dropped, NOT composited, so transparent areas
+  show whatever colour is stored under them. 16-bit images are scaled to 8 bits first (a plain
+  convert would clip them to white). Only raster formats are opened (`FORMATS`).
+- `MODES`: tiny/small stretch to a square; base/large aspect-pad with grey 127 (`ImageOps.pad`, which
+  also upscales small images); gundam adds 640px tiles chosen by the reference's aspect-ratio rule.
+- `count_tokens` / `gundam_tiles` are pure Python (no torch import) so the inspection CLI starts fast;
+  torch/torchvision are imported on first use of `image_views`.
+- Pixels go to a tensor once per view; gundam tiles are cut from one uint8 tensor of the stretched
+  image and normalized in one pass.
+
+Token layout of one image (what the model builds and `count_tokens` counts):
+    [local grid (10*h_tiles x 10*w_tiles) + newline per row]  (gundam with crops only)
+    [global grid (nq x nq) + newline per row] [view separator]        nq = base_size // 64
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# mode -> (base_size, image_size, crop). base_size is the global view; image_size the tile size.
+MODES = {
+    "tiny": (512, 512, False),
+    "small": (640, 640, False),
+    "base": (1024, 1024, False),
+    "large": (1280, 1280, False),
+    "gundam": (1024, 640, True),
+}
+PAD_COLOR = (127, 127, 127)  # int(0.5 * 255): the normalization mean, so padding maps to ~0
+TILE = 640  # gundam tile side
+# Raster formats only: e.g. EPS would be handed to Ghostscript, a needless attack surface for data files.
+# (Multi-picture camera JPEGs open through "JPEG" as MPO images.)
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "JPEG2000")
+# A 600 dpi A4 scan is ~35M pixels; anything far beyond that is more likely a bomb than a page.
+MAX_PIXELS = 50_000_000
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; the message is the reason (for rejected.jsonl and logs)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB the way the reference does, except 16-bit (scaled, not clipped)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I;16") or img.mode == "I":
+        # 16-bit PNG/TIFF: a plain convert clips every value above 255 to white. Scale to 8 bits,
+        # unless an "I" image only holds 8-bit values (some TIFF writers do that).
+        if img.mode != "I":
+            img = img.convert("I")
+        _, hi = img.getextrema()
+        scale = 1 / 256 if hi > 255 else 1.0
+        img = img.point(lambda v: v * scale, mode="L")
+    # P (with or without transparency), PA, LA, RGBA, CMYK, 1, L, YCbCr...: PIL's own conversion.
+    # Alpha is dropped, not composited over white: that is what the reference's `.convert("RGB")` does.
+    return img.convert("RGB")
+
+
+def _decode_reason(e: Exception) -> str:
+    truncated = isinstance(e, EOFError) or "truncat" in str(e).lower()
+    return f"{'truncated image data' if truncated else 'cannot decode image'} ({type(e).__name__}: {e})"
+
+
+def _decode(fp, max_pixels: int) -> Image.Image:
+    """Open, size-check BEFORE decoding, decode, EXIF-transpose and convert one image file object."""
+    Image.init()  # register every plugin once: `formats=` only looks among the registered ones
+    with warnings.catch_warnings():
+        # PIL warns (rather than raises) between MAX_IMAGE_PIXELS and twice that: make it an error too.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(fp, formats=FORMATS)
+        except UnidentifiedImageError:
+            raise ImageError("not an image (cannot identify format)") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise ImageError(f"too many pixels (decompression bomb guard, limit {max_pixels}): {e}") from None
+        except Exception as e:  # a header cut short or garbled inside a known format
+            raise ImageError(_decode_reason(e)) from None
+    w, h = img.size
+    if w * h > max_pixels:
+        raise ImageError(f"too many pixels: {w}x{h} = {w * h} > limit {max_pixels} (decompression bomb guard)")
+    if w == 0 or h == 0:
+        raise ImageError(f"image has zero size {w}x{h}")
+    try:
+        img.load()  # decode now: truncated data must fail here, not later in a loader worker
+    except Exception as e:  # PIL plugins raise OSError, SyntaxError, ValueError, EOFError... on broken data
+        raise ImageError(_decode_reason(e)) from None
+    try:
+        ImageOps.exif_transpose(img, in_place=True)  # in place: no extra copy of the pixels
+        return _to_rgb(img)
+    except Exception as e:  # a broken EXIF block or an exotic mode: still a clear reason, never a crash
+        raise ImageError(f"cannot convert image to RGB ({type(e).__name__}: {e})") from None
+
+
+def open_image(src: bytes | str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode `src` (encoded bytes or a file path) into an RGB PIL image, or raise ImageError.
+
+    Note: PIL's own bomb limit (Image.MAX_IMAGE_PIXELS, ~89M) still applies when max_pixels is larger.
+    """
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        data = bytes(src)
+        if not data:
+            raise ImageError("empty file (0 bytes)")
+        return _decode(io.BytesIO(data), max_pixels)
+    path = Path(src)
+    if not path.is_file():
+        raise ImageError(f"file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ImageError(f"empty file (0 bytes): {path}")
+    try:
+        with open(path, "rb") as f:
+            return _decode(f, max_pixels)
+    except ImageError as e:
+        raise ImageError(f"{e}: {path}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry and token counts (pure Python: no torch)
+
+
+def gundam_tiles(w: int, h: int, min_crops: int = 2, max_crops: int = 6) -> tuple[int, int]:
+    """(w_tiles, h_tiles) for an image of w x h pixels; (1, 1) means no crops (global view only).
+
+    Reproduces the reference's `find_closest_aspect_ratio`: candidates sorted by tile count, the
+    closest aspect ratio wins, and on an exact float tie the later (larger) grid wins only when the
+    image has more than half the pixels of that grid.
+    """
+    assert 1 <= min_crops <= max_crops, f"need 1 <= min_crops <= max_crops, got {min_crops}, {max_crops}"
+    if w <= TILE and h <= TILE:
+        return (1, 1)
+    # Built as a set and then sorted exactly like the reference: within one tile count the order is
+    # CPython's (deterministic) set order, which decides mirror ties such as 1x2 vs 2x1.
+    candidates = {(i, j) for n in range(min_crops, max_crops + 1)
+                  for i in range(1, n + 1) for j in range(1, n + 1) if min_crops <= i * j <= max_crops}
+    candidates = sorted(candidates, key=lambda t: t[0] * t[1])
+    aspect = w / h
+    best, best_diff = (1, 1), float("inf")
+    for tw, th in candidates:
+        diff = abs(aspect - tw / th)
+        if diff < best_diff:
+            best, best_diff = (tw, th), diff
+        elif diff == best_diff and w * h > 0.5 * TILE * TILE * tw * th:
+            best = (tw, th)
+    return best
+
+
+def count_tokens(mode: str, size: tuple[int, int] | None = None, tiles: tuple[int, int] | None = None,
+                 min_crops: int = 2, max_crops: int = 6) -> int:
+    """Number of `<|image|>` positions one image takes in `mode`.
+
+    Plain modes ignore size/tiles. Gundam needs `tiles` or the image `size` (w, h) to choose them.
+    """
+    assert mode in MODES, f"unknown image mode {mode!r}; expected one of {sorted(MODES)}"
+    base_size, image_size, crop = MODES[mode]
+    nq = base_size // 64  # 16x16 patches, then 4x compression per side
+    tokens = nq * (nq + 1) + 1  # newline after every row, one view separator
+    if not crop:
+        return tokens
+    if tiles is None:
+        assert size is not None, "gundam token count needs the image size or its tiles"
+        tiles = gundam_tiles(size[0], size[1], min_crops, max_crops)
+    w_tiles, h_tiles = tiles
+    if (w_tiles, h_tiles) == (1, 1):
+        return tokens
+    nl = image_size // 64  # 10 per 640 tile
+    return tokens + (nl * h_tiles) * (nl * w_tiles + 1)
+
+
+def global_view_image(img: Image.Image, mode: str) -> Image.Image:
+    """The PIL image the global view is made from: stretched (tiny/small) or aspect-padded (others)."""
+    base_size, image_size, crop = MODES[mode]
+    if not crop and image_size <= 640:
+        # Reference: "directly resize" to the square (aspect NOT kept); a pad afterwards is a no-op.
+        return img.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    return ImageOps.pad(img, (base_size, base_size), color=PAD_COLOR, method=Image.Resampling.BICUBIC)
+
+
+def padded_box(w: int, h: int, side: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the content inside ImageOps.pad(w x h -> side x side), exclusive."""
+    # Same arithmetic as ImageOps.contain + pad (round the scaled side, centre with floor division).
+    if w / h > 1:
+        cw, ch = side, round(h * side / w)
+    else:
+        cw, ch = round(w * side / h), side
+    left, top = (side - cw) // 2, (side - ch) // 2
+    return left, top, left + cw, top + ch
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensors
+
+
+@dataclass
+class ImageViews:
+    global_view: "torch.Tensor"  # (3, S, S) float in [-1, 1]  # noqa: F821
+    crops: "torch.Tensor | None"  # (n, 3, 640, 640) row-major tiles, None without crops  # noqa: F821
+    tiles: tuple[int, int]  # (w_tiles, h_tiles); (1, 1) when no crops
+    tokens: int  # image positions this image takes in the sequence
+
+
+def _pil_to_uint8(img: Image.Image):
+    import torchvision.transforms.functional as TF  # lazy: keeps the inspection CLI free of torch
+
+    return TF.pil_to_tensor(img)  # (3, H, W) uint8, a permuted view of the HWC pixel buffer
+
+
+def _normalize(t):
+    """uint8 -> float in [-1, 1]; bit-identical to ToTensor() + Normalize(0.5, 0.5) (same op order)."""
+    return t.float().div_(255).sub_(0.5).div_(0.5)  # one float allocation, then in place
+
+
+def to_tensor(img: Image.Image):
+    """PIL RGB -> (3, H, W) float in [-1, 1]."""
+    return _normalize(_pil_to_uint8(img))
+
+
+def image_views(img: Image.Image, mode: str, min_crops: int = 2, max_crops: int = 6) -> ImageViews:
+    """All pixel tensors the encoder needs for one RGB image in `mode`."""
+    assert mode in MODES, f"unknown image mode {mode!r}; expected one of {sorted(MODES)}"
+    assert img.mode == "RGB", f"image_views expects an RGB image (use open_image), got mode {img.mode}"
+    base_size, image_size, crop = MODES[mode]
+    global_view = to_tensor(global_view_image(img, mode))  # (3, S, S)
+    tiles, crops = (1, 1), None
+    if crop:
+        tiles = gundam_tiles(img.width, img.height, min_crops, max_crops)
+    if tiles != (1, 1):
+        w_tiles, h_tiles = tiles
+        # Stretch (aspect NOT kept) to the grid, then cut row-major. The cut is one copy of the uint8
+        # pixels (4x less memory traffic than cutting floats), normalized once afterwards.
+        big = _pil_to_uint8(img.resize((image_size * w_tiles, image_size * h_tiles), Image.Resampling.BICUBIC))
+        tiles_u8 = (big.view(3, h_tiles, image_size, w_tiles, image_size)
+                    .permute(1, 3, 0, 2, 4)
+                    .reshape(h_tiles * w_tiles, 3, image_size, image_size))  # (n, 3, 640, 640) uint8
+        crops = _normalize(tiles_u8)
+    tokens = count_tokens(mode, tiles=tiles)
+    return ImageViews(global_view=global_view, crops=crops, tiles=tiles, tokens=tokens)

@@ -1,0 +1,470 @@
+"""The training recipe behind `composer recipes/train.py YAML [key=value ...]`.
+
+load_config (OmegaConf YAML + CLI dotlist merge, `variables:` interpolation) → validate (every section
+has a fixed key set; a name-keyed section's keys come from its builder's signature; an unknown key is an
+error naming it, its section and the closest valid key) → build tokenizer, model, dataloaders, optimizer,
+scheduler, algorithms, callbacks, loggers → `Trainer.fit()` → optional final generation eval + export.
+
+Sections (llm-foundry shape): variables, model, tokenizer, train_loader, eval_loader, optimizer, scheduler,
+algorithms, callbacks, loggers, plus trainer keys at the top level (run_name, max_duration, ...).
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, ListConfig
+from omegaconf import OmegaConf as om
+
+log = logging.getLogger("nanoocr")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+# ----------------------------------------------------------------------------------------------------
+# schema
+
+TOP_KEYS = {
+    "variables", "run_name", "run_folder", "seed", "max_duration", "device", "precision",
+    "device_train_batch_size", "device_train_microbatch_size", "device_eval_batch_size",
+    "eval_interval", "eval_subset_num_batches", "save_folder", "save_interval", "save_num_checkpoints_to_keep",
+    "save_overwrite", "autoresume", "load_path", "load_weights_only", "progress_bar", "log_to_console",
+    "console_log_interval", "python_log_level", "dist_timeout", "fsdp_config", "build_data", "model", "tokenizer",
+    "train_loader", "eval_loader", "optimizer", "scheduler", "algorithms", "callbacks", "loggers", "final_eval",
+}
+MODEL_KEYS = {"preset", "sam", "clip", "gpt", "vlm", "pretrained", "activation_checkpointing"}
+PRETRAINED_KEYS = {"hf_sam", "hf_clip", "nanochat", "nanochat_step", "deepseek"}
+TOKENIZER_KEYS = {"path", "kind", "train_vocab_size"}
+BUILD_DATA_KEYS = {"input", "out", "max_side", "workers"}
+FINAL_EVAL_KEYS = {"data", "mode", "max_new_tokens", "limit", "export"}
+
+
+def _suggest(key: str, valid) -> str:
+    close = difflib.get_close_matches(key, sorted(valid), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(sorted(valid))})"
+
+
+def check_keys(section: dict, valid: set, where: str) -> None:
+    for key in section:
+        if key not in valid:
+            raise ConfigError(f"unknown key '{key}' in section '{where}'{_suggest(key, valid)}")
+
+
+def _builder_keys(fn) -> set:
+    params = inspect.signature(fn).parameters
+    return {n for n, p in params.items() if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def check_named(cfg: dict, builders: dict, where: str, drop: tuple = ()) -> None:
+    """A section `{name: ..., kwargs...}`: the name must be known; kwargs must be the builder's."""
+    if "name" not in cfg:
+        raise ConfigError(f"section '{where}' needs a 'name' (one of: {', '.join(sorted(builders))})")
+    name = cfg["name"]
+    if name not in builders:
+        raise ConfigError(f"unknown {where} name '{name}'{_suggest(name, builders)}")
+    check_keys({k: v for k, v in cfg.items() if k != "name"}, _builder_keys(builders[name]) - set(drop),
+               f"{where} ({name})")
+
+
+def validate(cfg: dict) -> None:
+    """Every key of a resolved config is known; raises ConfigError naming the first one that is not."""
+    from nanoocr import presets
+    check_keys(cfg, TOP_KEYS, "<top level>")
+    model = cfg.get("model") or {}
+    check_keys(model, MODEL_KEYS, "model")
+    check_keys(model.get("pretrained") or {}, PRETRAINED_KEYS, "model.pretrained")
+    base = presets.build_config(model.get("preset", "nano"))
+    for part in ("sam", "clip", "gpt"):
+        valid = set(getattr(base, part).__dataclass_fields__)
+        check_keys(model.get(part) or {}, valid, f"model.{part}")
+    check_keys(model.get("vlm") or {}, set(base.__dataclass_fields__) - {"sam", "clip", "gpt"}, "model.vlm")
+    check_keys(cfg.get("tokenizer") or {}, TOKENIZER_KEYS, "tokenizer")
+    from nanoocr import data
+    dataset_keys = _builder_keys(data.OCRStreamingDataset.__init__) - {"tokenizer", "batch_size"}
+    for name in ("train_loader", "eval_loader"):
+        loader = cfg.get(name)
+        if loader is None:
+            continue
+        check_keys(loader, set(data.LOADER_KEYS), name)
+        dataset = loader.get("dataset") or {}
+        check_keys(dataset, dataset_keys, f"{name}.dataset")
+        if not dataset.get("streams"):
+            raise ConfigError(f"section '{name}.dataset' needs at least one entry in 'streams'")
+        for sname, stream in _streams(dataset):
+            check_keys(stream, set(data.STREAM_KEYS), f"{name}.dataset.streams.{sname}")
+    for i, item in enumerate(cfg.get("build_data") or []):
+        check_keys(item, BUILD_DATA_KEYS, f"build_data[{i}]")
+    check_keys(cfg.get("final_eval") or {}, FINAL_EVAL_KEYS, "final_eval")
+    check_named(cfg["optimizer"], OPTIMIZERS, "optimizer", drop=("params",))
+    if cfg.get("scheduler"):
+        check_named(cfg["scheduler"], SCHEDULERS, "scheduler")
+    for section, table in (("algorithms", ALGORITHMS), ("callbacks", CALLBACKS), ("loggers", LOGGERS)):
+        for name, kwargs in (cfg.get(section) or {}).items():
+            if name not in table:
+                raise ConfigError(f"unknown {section[:-1]} '{name}' in section '{section}'{_suggest(name, table)}")
+            check_keys(kwargs or {}, _builder_keys(table[name]) - {"ctx"}, f"{section}.{name}")
+
+
+def _streams(dataset: dict) -> list[tuple[str, dict]]:
+    """Streams are a `{name: {...}}` mapping (llm-foundry style) or a list."""
+    streams = dataset.get("streams") or {}
+    return list(streams.items()) if isinstance(streams, dict) else [(str(i), s) for i, s in enumerate(streams)]
+
+
+def load_config(yaml_path: str, overrides: list[str]) -> dict:
+    """YAML + `key=value` overrides → a plain, resolved, validated dict."""
+    if not Path(yaml_path).is_file():
+        raise ConfigError(f"config file not found: {yaml_path}")
+    base = om.load(yaml_path)  # YAML safe-loaded by OmegaConf
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not key=value")
+    merged = om.merge(base, om.from_dotlist(overrides))
+    # om.merge is deep: `scheduler={name: step, ...}` would keep the YAML's old scheduler kwargs. An
+    # override whose value is a dict or list replaces that node wholesale instead.
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        value = om.select(om.from_dotlist([item]), key)
+        if isinstance(value, (DictConfig, ListConfig)):
+            om.update(merged, key, value, merge=False)
+    cfg = om.to_container(merged, resolve=True)
+    cfg.pop("variables", None)
+    validate(cfg)
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------------
+# builders (one dict per name-keyed section: the only "registries" here)
+
+def _adamw(params, lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0):
+    """torch AdamW: weight decay IS multiplied by the lr (unlike Composer's DecoupledAdamW)."""
+    import torch
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+
+
+def _decoupled_adamw(params, lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0):
+    """Composer's DecoupledAdamW: weight decay NOT multiplied by the lr (wd 1e-4 here ≈ torch 0.1 at lr 1e-3)."""
+    from composer.optim import DecoupledAdamW
+    return DecoupledAdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+
+
+OPTIMIZERS = {"adamw": _adamw, "decoupled_adamw": _decoupled_adamw}
+
+
+def _sched(cls_name):
+    def build(**kwargs):
+        import composer.optim
+        return getattr(composer.optim, cls_name)(**kwargs)
+    import composer.optim
+    build.__signature__ = inspect.signature(getattr(composer.optim, cls_name).__init__)
+    return build
+
+
+SCHEDULERS = {
+    "cosine_with_warmup": _sched("CosineAnnealingWithWarmupScheduler"),
+    "constant_with_warmup": _sched("ConstantWithWarmupScheduler"),
+    "linear_with_warmup": _sched("LinearWithWarmupScheduler"),
+    "step": _sched("StepScheduler"),
+    "multistep_with_warmup": _sched("MultiStepWithWarmupScheduler"),
+}
+
+
+def _freeze(modules):
+    from nanoocr.callbacks import FreezeModules
+    return FreezeModules(modules)
+
+
+def _grad_clip(clipping_type="norm", clipping_threshold=1.0):
+    from composer.algorithms import GradientClipping
+    return GradientClipping(clipping_type=clipping_type, clipping_threshold=clipping_threshold)
+
+
+ALGORITHMS = {"freeze": _freeze, "gradient_clipping": _grad_clip}
+
+
+def _speed_monitor(ctx, window_size=10, peak_flops="auto"):
+    """SpeedMonitor; on a device without a peak table entry (CPU) the peak is measured now (`auto`)."""
+    from composer.callbacks import SpeedMonitor
+    import torch
+    if peak_flops == "auto":
+        peak_flops = None if torch.cuda.is_available() else ctx["measure_peak"]()
+    return SpeedMonitor(window_size=window_size, gpu_flops_available=peak_flops)
+
+
+def _lr_monitor(ctx):
+    from composer.callbacks import LRMonitor
+    return LRMonitor()
+
+
+def _vision_collapse(ctx, interval=50, probes=8):
+    from nanoocr.callbacks import VisionCollapseMonitor
+    return VisionCollapseMonitor(ctx["probe_images"](probes), interval=interval)
+
+
+def _generation_eval(ctx, interval=100, samples=4, max_new_tokens=128):
+    from nanoocr.callbacks import GenerationEval
+    return GenerationEval(ctx["heldout"](samples), ctx["tokenizer"], ctx["mode"], interval, max_new_tokens)
+
+
+def _loss_curve(ctx, ema=0.9):
+    from nanoocr.callbacks import LossCurve
+    return LossCurve(ctx["run_folder"], ema=ema)
+
+
+def _nonfinite_guard(ctx):
+    from nanoocr.callbacks import NonFiniteLossGuard
+    return NonFiniteLossGuard()
+
+
+CALLBACKS = {"speed_monitor": _speed_monitor, "lr_monitor": _lr_monitor, "vision_collapse": _vision_collapse,
+             "generation_eval": _generation_eval, "loss_curve": _loss_curve, "nonfinite_guard": _nonfinite_guard}
+
+
+def _jsonl(ctx, filename="metrics.jsonl"):
+    from nanoocr.callbacks import JSONLLogger
+    return JSONLLogger(os.path.join(ctx["run_folder"], filename))
+
+
+def _tensorboard(ctx, log_dir=None):
+    from composer.loggers import TensorboardLogger
+    return TensorboardLogger(log_dir=log_dir or os.path.join(ctx["run_folder"], "tb"))
+
+
+def _wandb(ctx, project=None, entity=None):
+    from composer.loggers import WandBLogger
+    return WandBLogger(project=project, entity=entity)
+
+
+LOGGERS = {"jsonl": _jsonl, "tensorboard": _tensorboard, "wandb": _wandb}
+
+
+# ----------------------------------------------------------------------------------------------------
+# building the run
+
+def _barrier():
+    from composer.utils import dist
+    if dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def _is_rank0() -> bool:
+    from composer.utils import dist
+    return dist.get_global_rank() == 0
+
+
+def build_data(items: list[dict]) -> None:
+    """Converts sources to MDS when the output folder has no index.json yet (rank 0; others wait)."""
+    for item in items or []:
+        out = item["out"]
+        if not (Path(out) / "index.json").exists() and _is_rank0():
+            from nanoocr.convert_to_mds import main as convert
+            args = ["--input", item["input"], "--out", out]
+            if item.get("max_side"):
+                args += ["--max-side", str(item["max_side"])]
+            if item.get("workers"):
+                args += ["--workers", str(item["workers"])]
+            print(f"[nanoocr] building {out} from {item['input']}", flush=True)
+            convert(args)
+        _barrier()
+
+
+def read_records(local: str, limit: int | None = None) -> list[dict]:
+    """Raw unified records of a local MDS folder, in index order (for tokenizer training and evals).
+
+    Compressed shards are decompressed next to themselves first, as StreamingDataset does when it reads
+    a local folder, so that streaming.LocalDataset can read them."""
+    from streaming import LocalDataset
+    from streaming.base.compression import decompress
+    index = json.loads((Path(local) / "index.json").read_text())
+    for shard in index["shards"]:
+        raw, zipped = Path(local) / shard["raw_data"]["basename"], shard.get("zip_data")
+        if not raw.exists() and zipped:
+            tmp = raw.with_suffix(raw.suffix + ".tmp")
+            tmp.write_bytes(decompress(shard["compression"], (Path(local) / zipped["basename"]).read_bytes()))
+            tmp.rename(raw)  # atomic: a concurrent reader never sees half a shard
+    ds = LocalDataset(local=local)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    rows = []
+    for i in range(n):
+        row = ds[i]
+        rows.append({"id": row["id"], "source": row.get("source", ""), "messages": row["messages"],
+                     "image": row["image"] or None})
+    return rows
+
+
+def build_tokenizer(tcfg: dict, run_folder: str, train_dirs: list[str]):
+    from nanoocr.tokenizer import Tokenizer, load_nanochat_tokenizer
+    if tcfg.get("path"):
+        if tcfg.get("kind", "nanoocr") == "nanochat":
+            return load_nanochat_tokenizer(tcfg["path"])
+        return Tokenizer.from_file(tcfg["path"])
+    # No tokenizer given: train a small BPE on the training texts (Tier-1 trains everything from scratch).
+    out = Path(run_folder) / "tokenizer"
+    if not (out / "tokenizer.json").exists() and _is_rank0():
+        texts = [m["content"] for d in train_dirs for r in read_records(d) for m in r["messages"]]
+        tok = Tokenizer.train_from_iterator(texts, vocab_size=tcfg.get("train_vocab_size", 512))
+        tok.save(out)
+        print(f"[nanoocr] trained a {tok.vocab_size}-token BPE on {len(texts)} texts → {out}", flush=True)
+    _barrier()
+    return Tokenizer.from_file(out)
+
+
+def build_model(mcfg: dict, tokenizer):
+    """Preset + per-part overrides; vocabulary and image id from the tokenizer; pretrained weights."""
+    from nanoocr import presets
+    from nanoocr.vlm import NanoOCR
+    gpt = dict(mcfg.get("gpt") or {})
+    pre = mcfg.get("pretrained") or {}
+    if not pre.get("nanochat"):
+        gpt.setdefault("vocab_size", tokenizer.vocab_size)
+    cfg = presets.build_config(mcfg.get("preset", "nano"), sam=mcfg.get("sam") or {}, clip=mcfg.get("clip") or {},
+                               gpt=gpt, image_token_id=tokenizer.image_id, **(mcfg.get("vlm") or {}))
+    if mcfg.get("activation_checkpointing"):
+        cfg.activation_checkpointing = True
+    if pre.get("nanochat"):
+        from nanoocr.nanochat import extend_vocab, load_nanochat
+        gpt_model = load_nanochat(pre["nanochat"], step=pre.get("nanochat_step"))
+        extend_vocab(gpt_model, tokenizer.vocab_size)
+        cfg.gpt = gpt_model.config
+        model = NanoOCR(cfg)
+        model.gpt = gpt_model
+    else:
+        model = NanoOCR(cfg)
+    from nanoocr import pretrained
+    if pre.get("hf_sam"):
+        pretrained.load_hf_sam(model.sam, pre["hf_sam"])
+    if pre.get("hf_clip"):
+        pretrained.load_hf_clip(model.clip, pre["hf_clip"])
+    if pre.get("deepseek"):
+        pretrained.load_deepseek_vision(model, pre["deepseek"])
+    return model
+
+
+def build_loader(lcfg: dict, tokenizer, batch_size: int):
+    from nanoocr.data import build_dataloader, data_spec
+    loader = build_dataloader(lcfg, tokenizer, batch_size)
+    return loader, data_spec(loader)
+
+
+def final_eval(ecfg: dict, model, tokenizer, run_folder: str, mode: str) -> dict:
+    """Greedy-transcribe every record of an MDS folder; one line per sample, then `exact_match: K/N`."""
+    from nanoocr.transcribe import evaluate_records
+    records = [r for r in read_records(ecfg["data"], ecfg.get("limit")) if r["image"]]
+    summary, rows = evaluate_records(model, tokenizer, records, mode=ecfg.get("mode", mode),
+                                     max_new_tokens=ecfg.get("max_new_tokens", 64))
+    for row in rows:
+        mark = "ok  " if row["exact_match"] else "MISS"
+        print(f"[{mark}] {row['id']}: {row['pred']!r}" + ("" if row["exact_match"] else f" (want {row['gt']!r})"))
+    k = int(round(summary["exact_match"] * summary["n"]))
+    print(f"exact_match: {k}/{summary['n']}", flush=True)
+    summary["exact_match_count"] = k
+    Path(run_folder).mkdir(parents=True, exist_ok=True)
+    with open(Path(run_folder) / "eval.json", "w") as f:
+        json.dump({"summary": summary, "samples": rows}, f, indent=2)
+    return summary
+
+
+def train(cfg: dict):
+    """Build everything from a validated config and run Trainer.fit(); returns the Trainer."""
+    import torch
+    from composer import Trainer
+    from composer.utils import reproducibility
+
+    from nanoocr.callbacks import measure_matmul_peak
+    from nanoocr.composer_model import ComposerNanoOCR
+
+    logging.basicConfig(level=cfg.get("python_log_level", "INFO").upper(),
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    run_name = cfg.get("run_name", "nanoocr")
+    run_folder = cfg.get("run_folder") or os.path.join("runs", run_name)
+    seed = cfg.get("seed", 17)
+    reproducibility.seed_all(seed)
+    if _is_rank0():
+        Path(run_folder).mkdir(parents=True, exist_ok=True)
+        om.save(om.create(cfg), Path(run_folder) / "config.yaml")
+
+    build_data(cfg.get("build_data"))
+    train_dirs = [s["local"] for _, s in _streams(cfg["train_loader"]["dataset"])]
+    tokenizer = build_tokenizer(cfg.get("tokenizer") or {}, run_folder, train_dirs)
+    model = build_model(cfg["model"], tokenizer)
+    composer_model = ComposerNanoOCR(model)
+    mode = cfg["train_loader"]["dataset"].get("mode", "base")
+    batch_size = cfg["device_train_batch_size"]
+    _, train_spec = build_loader(cfg["train_loader"], tokenizer, batch_size)
+    eval_spec = None
+    if cfg.get("eval_loader"):
+        _, eval_spec = build_loader(cfg["eval_loader"], tokenizer, cfg.get("device_eval_batch_size", batch_size))
+
+    trainable = [p for p in composer_model.parameters() if p.requires_grad]
+    ocfg = dict(cfg["optimizer"])
+    optimizer = OPTIMIZERS[ocfg.pop("name")](trainable, **ocfg)
+    schedulers = []
+    if cfg.get("scheduler"):
+        scfg = dict(cfg["scheduler"])
+        schedulers = [SCHEDULERS[scfg.pop("name")](**scfg)]
+    algorithms = [ALGORITHMS[n](**(kw or {})) for n, kw in (cfg.get("algorithms") or {}).items()]
+
+    def probe_images(n):
+        from nanoocr.images import image_views, open_image
+        recs = [r for d in train_dirs for r in read_records(d, limit=n) if r["image"]][:n]
+        return torch.stack([image_views(open_image(r["image"]), mode).global_view for r in recs])
+
+    def heldout(n):
+        src = _streams((cfg.get("eval_loader") or cfg["train_loader"])["dataset"])[0][1]["local"]
+        return [r for r in read_records(src, limit=4 * n) if r["image"]][:n]
+
+    ctx = {"tokenizer": tokenizer, "run_folder": run_folder, "mode": mode, "measure_peak": measure_matmul_peak,
+           "probe_images": probe_images, "heldout": heldout}
+    callbacks = [CALLBACKS[n](ctx, **(kw or {})) for n, kw in (cfg.get("callbacks") or {}).items()]
+    loggers = [LOGGERS[n](ctx, **(kw or {})) for n, kw in (cfg.get("loggers") or {}).items()]
+
+    device = cfg.get("device") or ("gpu" if torch.cuda.is_available() else "cpu")
+    parallelism = None
+    if cfg.get("fsdp_config") and device == "gpu":
+        parallelism = {"fsdp": cfg["fsdp_config"]}
+    trainer = Trainer(
+        run_name=run_name, model=composer_model, train_dataloader=train_spec, eval_dataloader=eval_spec,
+        eval_interval=cfg.get("eval_interval", 1), eval_subset_num_batches=cfg.get("eval_subset_num_batches", -1),
+        max_duration=cfg["max_duration"], optimizers=optimizer, schedulers=schedulers,
+        step_schedulers_every_batch=True, algorithms=algorithms, callbacks=callbacks, loggers=loggers,
+        device=device, precision=cfg.get("precision", "fp32" if device == "cpu" else "amp_bf16"),
+        device_train_microbatch_size=cfg.get("device_train_microbatch_size", batch_size),
+        parallelism_config=parallelism, seed=seed,
+        save_folder=cfg.get("save_folder"), save_interval=cfg.get("save_interval", "1ep"),
+        save_num_checkpoints_to_keep=cfg.get("save_num_checkpoints_to_keep", -1),
+        save_overwrite=cfg.get("save_overwrite", False), autoresume=cfg.get("autoresume", False),
+        load_path=cfg.get("load_path"), load_weights_only=cfg.get("load_weights_only", False),
+        progress_bar=cfg.get("progress_bar", True), log_to_console=cfg.get("log_to_console", False),
+        console_log_interval=cfg.get("console_log_interval", "1ba"), dist_timeout=cfg.get("dist_timeout", 300.0),
+    )
+    trainer.fit()
+
+    if cfg.get("final_eval") and _is_rank0():
+        fe = cfg["final_eval"]
+        final_eval(fe, model, tokenizer, run_folder, mode)
+        if fe.get("export", True):
+            from nanoocr.export import export_model
+            export_model(model, tokenizer, Path(run_folder) / "export", mode=mode)
+    _barrier()
+    return trainer
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: composer recipes/train.py YAML [key=value ...]   (or: python recipes/train.py ...)")
+        return 0 if argv else 2
+    try:
+        cfg = load_config(argv[0], argv[1:])
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    train(cfg)
+    return 0

@@ -1,0 +1,270 @@
+"""SAM ViT-B image encoder + DeepSeek-OCR's 16x convolutional compressor (the first half of DeepEncoder).
+
+    pixels (B, 3, H, W) in [-1, 1]
+      -> patch_embed (conv 16x16, stride 16)            (B, H/16, W/16, 768)   channels-last from here
+      -> + pos_embed (64x64 table, resized for other grids)
+      -> 12 blocks: pre-LN attention + pre-LN MLP       window 14 everywhere except global blocks 2, 5, 8, 11
+      -> neck: conv1x1 -> LayerNorm2d -> conv3x3 -> LayerNorm2d   (B, 256, H/16, W/16)  <- forward_neck
+      -> net_2: conv3x3 s2 (256 -> 512), net_3: conv3x3 s2 (512 -> 1024)     (B, 1024, H/64, W/64)  <- forward
+
+Notable features:
+- Parameter names mirror the official DeepSeek-OCR SAM (`patch_embed.proj`, `blocks.N.attn.qkv`,
+  `neck.0..3`, `net_2`, `net_3`) so official weights load by stripping a prefix, and HF `SamModel`
+  weights by a small rename table (nanoocr/pretrained.py).
+- Windowed attention zero-pads the token grid to a multiple of the window, exactly like SAM; padded
+  tokens take part in attention as keys, so the padding must be zeros *before* the qkv projection.
+- Decomposed relative-position bias (MViTv2 / SAM): bias[q, k] = q . Rh[qh - kh] + q . Rw[qw - kw], tables
+  linearly interpolated when the grid needs a different length (e.g. global blocks at 640 or 1280 px).
+- Attention runs through torch SDPA with the bias as a float attention mask. The (heads, N, N) bias is
+  built in query chunks of bounded size: a global block at 1024 px would otherwise allocate an 800 MB
+  mask per block, and fresh large allocations (page faults) cost as much as the attention itself on CPU.
+- Absolute position table resized bicubic + antialias in fp32 for grids other than 64 (512/640/1280 px),
+  as the official DeepSeek-OCR code does.
+- Exact (erf) GELU; LayerNorm eps 1e-6 everywhere.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class SAMConfig:
+    img_size: int = 1024  # pretraining resolution: sets the pos-embed grid and the global rel-pos tables
+    patch_size: int = 16
+    in_chans: int = 3
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    window_size: int = 14
+    global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
+    neck_dim: int = 256
+    net2_dim: int = 512
+    out_chans: int = 1024
+    pos_embed_grid: int = 64  # = img_size // patch_size for the official weights
+    norm_eps: float = 1e-6
+
+    def __post_init__(self):
+        self.global_attn_indexes = tuple(self.global_attn_indexes)  # YAML gives lists
+        assert self.embed_dim % self.num_heads == 0, f"embed_dim {self.embed_dim} not divisible by num_heads {self.num_heads}"
+        assert all(0 <= i < self.depth for i in self.global_attn_indexes), \
+            f"global_attn_indexes {self.global_attn_indexes} out of range for depth {self.depth}"
+        assert self.img_size % self.patch_size == 0, f"img_size {self.img_size} not a multiple of patch_size {self.patch_size}"
+
+
+# The (heads, queries, keys) bias of one attention call is built in chunks of at most this many
+# elements (16 MB in fp32). Small enough that the allocator recycles the buffer instead of faulting in
+# fresh pages for every chunk, large enough that SDPA still runs big matmuls.
+BIAS_CHUNK_ELEMENTS = 4 * 1024 * 1024
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(1, S, S, C) absolute table -> (1, gh, gw, C); bicubic + antialias in fp32 like the official code."""
+    if pos_embed.shape[1:3] == grid:
+        return pos_embed
+    x = pos_embed.permute(0, 3, 1, 2).float()  # (1, C, S, S)
+    x = F.interpolate(x, size=grid, mode="bicubic", antialias=True, align_corners=False)
+    return x.to(pos_embed.dtype).permute(0, 2, 3, 1)  # (1, gh, gw, C)
+
+
+def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+    """Relative-position embeddings for every (query, key) pair along one axis: (q_size, k_size, D).
+
+    The table has 2*L-1 rows for relative offsets -(L-1)..(L-1); when the grid needs a different length
+    it is linearly interpolated (align_corners=False), as SAM does."""
+    max_rel_dist = 2 * max(q_size, k_size) - 1
+    if rel_pos.shape[0] != max_rel_dist:
+        resized = F.interpolate(rel_pos.T[None], size=max_rel_dist, mode="linear")  # (1, D, L')
+        rel_pos = resized[0].T  # (L', D)
+    # Scale coordinates of the shorter side when q and k grids differ (never the case in self-attention).
+    q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
+    k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
+    relative = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
+    return rel_pos[relative.long()]  # (q_size, k_size, D)
+
+
+def rel_pos_attention(q, k, v, rel_h, rel_w) -> torch.Tensor:
+    """SDPA with the decomposed rel-pos bias, bias built chunk by chunk.
+
+    q, k, v: (B, nH, N, D); rel_h: (B, nH, N, kh), rel_w: (B, nH, N, kw) with kh * kw = N keys.
+    Returns (B, nH, N, D). The bias of query n and key (i, j) is rel_h[n, i] + rel_w[n, j]."""
+    B, nH, N, _ = q.shape
+    kh, kw = rel_h.shape[-1], rel_w.shape[-1]
+    assert kh * kw == k.shape[2], f"rel-pos grid {kh}x{kw} does not match {k.shape[2]} keys"
+    per_item = nH * N * kh * kw
+    if per_item <= BIAS_CHUNK_ELEMENTS:  # small items (windows): chunk over the batch dimension
+        bs, qs = max(1, BIAS_CHUNK_ELEMENTS // per_item), N
+    else:  # one big item (global attention): chunk over queries
+        bs, qs = 1, max(1, BIAS_CHUNK_ELEMENTS // (nH * kh * kw))
+    if bs >= B and qs >= N:
+        bias = (rel_h[..., :, None] + rel_w[..., None, :]).flatten(-2)  # (B, nH, N, N)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    outs = []
+    for b0 in range(0, B, bs):
+        b1 = min(B, b0 + bs)
+        kb, vb = k[b0:b1], v[b0:b1]
+        for q0 in range(0, N, qs):
+            q1 = min(N, q0 + qs)
+            bias = rel_h[b0:b1, :, q0:q1, :, None] + rel_w[b0:b1, :, q0:q1, None, :]  # (b, nH, q, kh, kw)
+            outs.append(F.scaled_dot_product_attention(q[b0:b1, :, q0:q1], kb, vb, attn_mask=bias.flatten(-2)))
+    if qs >= N:
+        return torch.cat(outs, dim=0)
+    per_b = math.ceil(N / qs)
+    return torch.cat([torch.cat(outs[i:i + per_b], dim=2) for i in range(0, len(outs), per_b)], dim=0)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over a (B, h, w, C) token grid with decomposed rel-pos bias."""
+
+    def __init__(self, dim: int, num_heads: int, rel_size: int):
+        super().__init__()
+        self.num_heads = num_heads
+        head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=True)
+        self.proj = nn.Linear(dim, dim)
+        # 2*L-1 offsets for an L-long axis: L = window (27 rows) or the global grid (127 rows).
+        self.rel_pos_h = nn.Parameter(torch.zeros(2 * rel_size - 1, head_dim))
+        self.rel_pos_w = nn.Parameter(torch.zeros(2 * rel_size - 1, head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, h, w, C = x.shape
+        nH = self.num_heads
+        qkv = self.qkv(x).reshape(B, h * w, 3, nH, C // nH).permute(2, 0, 3, 1, 4)  # (3, B, nH, N, D)
+        q, k, v = qkv.unbind(0)
+        Rh = get_rel_pos(h, h, self.rel_pos_h)  # (h, h, D)
+        Rw = get_rel_pos(w, w, self.rel_pos_w)  # (w, w, D)
+        # SAM's bias uses the *unscaled* query; SDPA applies 1/sqrt(D) to q.k only.
+        q_grid = q.reshape(B, nH, h, w, -1)
+        rel_h = torch.einsum("bnhwc,hkc->bnhwk", q_grid, Rh).reshape(B, nH, h * w, h)
+        rel_w = torch.einsum("bnhwc,wkc->bnhwk", q_grid, Rw).reshape(B, nH, h * w, w)
+        out = rel_pos_attention(q, k, v, rel_h, rel_w)  # (B, nH, N, D)
+        out = out.transpose(1, 2).reshape(B, h, w, C)
+        return self.proj(out)
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.lin1 = nn.Linear(dim, hidden)
+        self.lin2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.lin2(F.gelu(self.lin1(x)))  # exact (erf) GELU, as SAM
+
+
+def window_partition(x: torch.Tensor, ws: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(B, H, W, C) -> (B * nW, ws, ws, C), zero-padding H and W up to multiples of ws."""
+    B, H, W, C = x.shape
+    pad_h, pad_w = (ws - H % ws) % ws, (ws - W % ws) % ws
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    Hp, Wp = H + pad_h, W + pad_w
+    x = x.view(B, Hp // ws, ws, Wp // ws, ws, C).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, ws, ws, C), (Hp, Wp)
+
+
+def window_unpartition(windows: torch.Tensor, ws: int, padded: tuple[int, int], hw: tuple[int, int]) -> torch.Tensor:
+    """(B * nW, ws, ws, C) -> (B, H, W, C), dropping the padding."""
+    (Hp, Wp), (H, W) = padded, hw
+    B = windows.shape[0] // ((Hp // ws) * (Wp // ws))
+    x = windows.view(B, Hp // ws, Wp // ws, ws, ws, -1).permute(0, 1, 3, 2, 4, 5).reshape(B, Hp, Wp, -1)
+    return x[:, :H, :W] if (Hp, Wp) != (H, W) else x
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: SAMConfig, window_size: int):
+        super().__init__()
+        dim = cfg.embed_dim
+        self.window_size = window_size  # 0 = global attention
+        self.norm1 = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        rel_size = window_size if window_size > 0 else cfg.img_size // cfg.patch_size
+        self.attn = Attention(dim, cfg.num_heads, rel_size)
+        self.norm2 = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.mlp = MLP(dim, int(dim * cfg.mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C) -> (B, H, W, C)
+        y = self.norm1(x)
+        if self.window_size > 0:
+            H, W = y.shape[1:3]
+            y, padded = window_partition(y, self.window_size)
+            y = self.attn(y)
+            y = window_unpartition(y, self.window_size, padded, (H, W))
+        else:
+            y = self.attn(y)
+        x = x + y
+        return x + self.mlp(self.norm2(x))
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channel dim of (B, C, H, W); `weight`/`bias` names as in SAM's neck."""
+
+    def __init__(self, channels: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x):
+        x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, cfg: SAMConfig):
+        super().__init__()
+        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+
+    def forward(self, x):  # (B, 3, H, W) -> (B, H/p, W/p, C)
+        return self.proj(x).permute(0, 2, 3, 1)
+
+
+class SAMEncoder(nn.Module):
+    def __init__(self, cfg: SAMConfig):
+        super().__init__()
+        self.cfg = cfg
+        g = cfg.pos_embed_grid
+        self.patch_embed = PatchEmbed(cfg)
+        self.pos_embed = nn.Parameter(torch.zeros(1, g, g, cfg.embed_dim))
+        self.blocks = nn.ModuleList(
+            Block(cfg, 0 if i in cfg.global_attn_indexes else cfg.window_size) for i in range(cfg.depth)
+        )
+        self.neck = nn.Sequential(
+            nn.Conv2d(cfg.embed_dim, cfg.neck_dim, kernel_size=1, bias=False),
+            LayerNorm2d(cfg.neck_dim, cfg.norm_eps),
+            nn.Conv2d(cfg.neck_dim, cfg.neck_dim, kernel_size=3, padding=1, bias=False),
+            LayerNorm2d(cfg.neck_dim, cfg.norm_eps),
+        )
+        self.net_2 = nn.Conv2d(cfg.neck_dim, cfg.net2_dim, kernel_size=3, stride=2, padding=1, bias=False)
+        self.net_3 = nn.Conv2d(cfg.net2_dim, cfg.out_chans, kernel_size=3, stride=2, padding=1, bias=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self):
+        """From-scratch init: torch defaults for convs/linears; small random pos table; zero rel-pos (as SAM)."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        for blk in self.blocks:
+            blk.attn.rel_pos_h.zero_()
+            blk.attn.rel_pos_w.zero_()
+
+    def forward_neck(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, neck_dim, H/16, W/16): what HF SamVisionEncoder returns."""
+        p = self.cfg.patch_size
+        assert pixels.ndim == 4 and pixels.shape[1] == self.cfg.in_chans, \
+            f"expected (B, {self.cfg.in_chans}, H, W) pixels, got {tuple(pixels.shape)}"
+        assert pixels.shape[2] % p == 0 and pixels.shape[3] % p == 0, \
+            f"image size {tuple(pixels.shape[2:])} must be a multiple of the patch size {p}"
+        x = self.patch_embed(pixels)  # (B, h, w, C)
+        x = x + resize_pos_embed(self.pos_embed, tuple(x.shape[1:3]))
+        for blk in self.blocks:
+            x = blk(x)
+        return self.neck(x.permute(0, 3, 1, 2))  # (B, neck_dim, h, w)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, out_chans, H/64, W/64)."""
+        x = self.forward_neck(pixels)
+        return self.net_3(self.net_2(x))

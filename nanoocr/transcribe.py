@@ -1,0 +1,67 @@
+"""Image(s) → text with a trained NanoOCR: prompt building, batched greedy generation, scoring.
+
+Used by the end-of-run evaluation, the GenerationEval callback, `nanoocr.sample` and `nanoocr.evaluate`.
+No Composer here. The prompt is the user turn of the training conversations ("<image>\\nFree OCR." by
+default) rendered for completion, with the single <|image|> expanded to the image's token count.
+"""
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+from nanoocr.engine import Engine
+from nanoocr.images import image_views, open_image
+from nanoocr.metrics import score, summarize
+
+DEFAULT_PROMPT = "<image>\nFree OCR."
+
+
+def build_prompt(tokenizer, image: Image.Image, prompt: str, mode: str, min_crops: int = 2, max_crops: int = 6):
+    """→ (prompt ids with the image span expanded, ImageViews)."""
+    views = image_views(image, mode, min_crops, max_crops)
+    ids = tokenizer.render_for_completion({"messages": [{"role": "user", "content": prompt}]})
+    assert ids.count(tokenizer.image_id) == 1, f"the prompt must hold exactly one <image>, got: {prompt!r}"
+    p = ids.index(tokenizer.image_id)
+    return ids[:p] + [tokenizer.image_id] * views.tokens + ids[p + 1:], views
+
+
+@torch.no_grad()
+def transcribe(model, tokenizer, images: list, prompt: str = DEFAULT_PROMPT, mode: str = "base",
+               max_new_tokens: int = 512, batch_size: int = 8, min_crops: int = 2, max_crops: int = 6,
+               **generate_kwargs) -> list[str]:
+    """Greedy transcription of PIL images (or bytes/paths), `batch_size` images per generate call."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    stop = [tokenizer.token_id("<|assistant_end|>"), tokenizer.bos_id]
+    engine, texts = Engine(model), []
+    for i in range(0, len(images), batch_size):
+        chunk = [im if isinstance(im, Image.Image) else open_image(im) for im in images[i:i + batch_size]]
+        prompts, views = zip(*(build_prompt(tokenizer, im, prompt, mode, min_crops, max_crops) for im in chunk))
+        crops = [v.crops for v in views if v.crops is not None]
+        out = engine.generate(
+            list(prompts),
+            images=torch.stack([v.global_view for v in views]).to(device),
+            crops=torch.cat(crops).to(device) if crops else None,
+            tiles=torch.tensor([v.tiles for v in views], dtype=torch.long, device=device),
+            max_new_tokens=max_new_tokens, stop_ids=stop, **generate_kwargs)
+        texts += [tokenizer.decode(ids) for ids in out]
+    model.train(was_training)
+    return texts
+
+
+def evaluate_records(model, tokenizer, records: list[dict], mode: str = "base", max_new_tokens: int = 512,
+                     batch_size: int = 8, **kwargs) -> tuple[dict, list[dict]]:
+    """Transcribe unified records (image + user prompt) and score against the assistant answer."""
+    prompts = {r["messages"][0]["content"] for r in records}
+    rows = []
+    for prompt in sorted(prompts):  # one generate batch shape per prompt text
+        group = [r for r in records if r["messages"][0]["content"] == prompt]
+        preds = transcribe(model, tokenizer, [r["image"] for r in group], prompt=prompt, mode=mode,
+                           max_new_tokens=max_new_tokens, batch_size=batch_size, **kwargs)
+        for r, pred in zip(group, preds):
+            gt = next(m["content"] for m in r["messages"] if m["role"] == "assistant")
+            rows.append({"id": r["id"], "pred": pred, "gt": gt, **score(pred, gt)})
+    order = {r["id"]: i for i, r in enumerate(records)}
+    rows.sort(key=lambda row: order[row["id"]])
+    return summarize(rows), rows

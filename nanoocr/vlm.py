@@ -1,0 +1,189 @@
+"""
+NanoOCR: DeepSeek-OCR's DeepEncoder (SAM-ViT-B -> 16x conv compressor -> CLIP-L/14 -> projector) in
+front of nanochat's GPT. Shapes at full size, base mode (1024 px), one image:
+
+    pixels (N, 3, 1024, 1024) in [-1, 1]
+      -> sam (ViT-B, window 14, 4 global blocks; neck; net_2, net_3)   sam_out  (N, 1024, 16, 16)
+      -> clip (CLS + sam_out as patch tokens, 24 layers)                clip_out (N, 1 + 256, 1024)
+      -> fusion cat([clip_out[:, 1:], sam_out.flatten(2).transpose(1, 2)], -1)   (N, 256, 2048)
+      -> projector Linear(2048, 1280)                                   (N, 256, 1280) = a 16 x 16 grid
+      -> layout per image: [local grid + newlines, global grid + newlines, view_separator]
+             global 16 x (16 + 1 newline) + 1 separator = 273 vectors   (Gundam adds the local part:
+             crops (h*w, 10, 10, 1280) stitched into one (10h) x (10w) grid, a newline after every row)
+      -> vision (sum_i tokens_i, 1280)
+    ids (B, T) -> gpt.embed -> (B, T, 1280) -> merge: positions with ids == image_token_id take the
+      vision vectors in row-major (b, t) order -> gpt.trunk -> loss | logits (B, T, 65537)
+
+Notable features:
+- the GPT forward is never copied: embed -> merge -> trunk (nanoocr/gpt.py)
+- global views and Gundam crops are each encoded in ONE batch, whatever the images' crop grids
+- a mismatch between image tokens and vision vectors is a ValueError naming both counts
+- optional fused embedding + image scatter (gpt.embed_impl="triton", kernels/scatter.py)
+- optional activation checkpointing of every SAM, CLIP and GPT block (Gundam batches need the memory)
+"""
+
+import math
+import types
+from dataclasses import dataclass, field, fields
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+from nanoocr.clip import CLIPConfig, CLIPEncoder
+from nanoocr.gpt import GPT, GPTConfig, log_once, use_triton
+from nanoocr.sam import SAMConfig, SAMEncoder
+
+COMPRESSION = 4  # net_2 and net_3 (stride 2 each) shrink SAM's patch grid 4x per side: 16x fewer tokens
+
+
+@dataclass
+class VLMConfig:
+    sam: SAMConfig = field(default_factory=SAMConfig)
+    clip: CLIPConfig = field(default_factory=CLIPConfig)
+    gpt: GPTConfig = field(default_factory=GPTConfig)
+    image_token_id: int = 65536  # <|image|>, appended after nanochat's 65536 tokens
+    activation_checkpointing: bool = False  # recompute SAM/CLIP/GPT blocks in backward
+
+    def __post_init__(self):
+        # YAML gives plain dicts: build the sub-configs (an unknown key fails in the dataclass, naming it)
+        for name, cls in (("sam", SAMConfig), ("clip", CLIPConfig), ("gpt", GPTConfig)):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, cls(**value))
+            assert isinstance(getattr(self, name), cls), f"{name} must be a {cls.__name__} or dict"
+        assert self.clip.dim == self.sam.out_chans, \
+            f"CLIP reads SAM features as patch tokens: clip.dim {self.clip.dim} != sam.out_chans {self.sam.out_chans}"
+        assert 0 <= self.image_token_id < self.gpt.vocab_size, \
+            f"image_token_id {self.image_token_id} outside the vocabulary (vocab_size {self.gpt.vocab_size})"
+
+
+def view_grid(config, size):
+    """Side of the vision grid of one size x size view: patch 16, then the 4x compressor."""
+    assert size % (config.sam.patch_size * COMPRESSION) == 0, \
+        f"view size {size} must be a multiple of {config.sam.patch_size * COMPRESSION}"
+    return size // config.sam.patch_size // COMPRESSION
+
+
+def image_token_count(config, size, tiles=(1, 1), crop_size=640):
+    """Vision vectors of one image: global nq*(nq+1) + separator, plus the stitched local grid."""
+    nq = view_grid(config, size)
+    tokens = nq * (nq + 1) + 1
+    w, h = tiles
+    if (w, h) != (1, 1):
+        nc = view_grid(config, crop_size)
+        tokens += (nc * h) * (nc * w + 1)
+    return tokens
+
+
+def _checkpointed_forward(self, *args, **kwargs):
+    # bound to a block instance: recompute the block in backward instead of keeping its activations
+    forward = type(self).forward
+    if self.training and torch.is_grad_enabled():
+        return checkpoint(forward, self, *args, use_reentrant=False, **kwargs)
+    return forward(self, *args, **kwargs)
+
+
+class NanoOCR(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        n_embd = config.gpt.n_embd
+        self.sam = SAMEncoder(config.sam)
+        self.clip = CLIPEncoder(config.clip)
+        self.projector = nn.Linear(config.clip.dim + config.sam.out_chans, n_embd, bias=True)
+        self.image_newline = nn.Parameter(torch.empty(n_embd))
+        self.view_separator = nn.Parameter(torch.empty(n_embd))  # official weights: "view_seperator"
+        self.gpt = GPT(config.gpt)
+        self.init_weights()
+        if config.activation_checkpointing:
+            # bound methods (not closures) so deepcopy/EMA copies point at their own block
+            for block in [*self.sam.blocks, *self.clip.transformer.layers]:
+                block.forward = types.MethodType(_checkpointed_forward, block)
+            self.gpt.activation_checkpointing = True
+
+    @torch.no_grad()
+    def init_weights(self):
+        """From scratch: SAM/CLIP init themselves; projector keeps torch's Linear init; GPT: nanochat's."""
+        n_embd = self.config.gpt.n_embd
+        self.image_newline.copy_(torch.randn(n_embd) / math.sqrt(n_embd))
+        self.view_separator.copy_(torch.randn(n_embd) / math.sqrt(n_embd))
+        self.gpt.init_weights()
+
+    def encode_views(self, pixels):
+        """(B, 3, S, S) -> (B, nq*nq, n_embd) projected vision vectors of square views, row-major."""
+        pixels = pixels.to(self.projector.weight.dtype)
+        sam_out = self.sam(pixels)  # (B, Cs, nq, nq)
+        clip_out = self.clip(sam_out)  # (B, 1 + nq*nq, Cc)
+        fused = torch.cat([clip_out[:, 1:], sam_out.flatten(2).transpose(1, 2)], dim=-1)  # (B, nq*nq, Cc + Cs)
+        return self.projector(fused)
+
+    def _with_newlines(self, grid):
+        # grid (R, W, C) -> (R * (W + 1), C): a learned newline vector after every row
+        R, _, C = grid.shape
+        newline = self.image_newline.to(grid.dtype).expand(R, 1, C)
+        return torch.cat([grid, newline], dim=1).flatten(0, 1)
+
+    def encode_images(self, images, crops=None, tiles=None):
+        """images (N, 3, S, S); crops (M, 3, s, s) | None; tiles (N, 2) (w_tiles, h_tiles) | None
+        -> (sum_i tokens_i, n_embd): per image [local + newlines, global + newlines, separator]."""
+        assert images.ndim == 4, f"images must be (N, 3, S, S), got {tuple(images.shape)}"
+        N = images.shape[0]
+        tiles = [(1, 1)] * N if tiles is None else [tuple(t) for t in torch.as_tensor(tiles).tolist()]
+        if len(tiles) != N or any(len(t) != 2 or min(t) < 1 for t in tiles):
+            raise ValueError(f"tiles must be {N} (w_tiles, h_tiles) pairs of positive ints, got {tiles}")
+        n_crops = [w * h if (w, h) != (1, 1) else 0 for w, h in tiles]
+        given = 0 if crops is None else crops.shape[0]
+        if sum(n_crops) != given:
+            raise ValueError(f"tiles {tiles} need {sum(n_crops)} crops, but {given} crops were given")
+
+        g = self.encode_views(images)  # (N, nq*nq, C)
+        nq = math.isqrt(g.shape[1])
+        g = g.view(N, nq, nq, -1)
+        if given:
+            loc = self.encode_views(crops)  # (M, nc*nc, C), all images' crops in one batch
+            nc = math.isqrt(loc.shape[1])
+            loc = loc.view(given, nc, nc, -1)
+        out, k = [], 0
+        for i, (w, h) in enumerate(tiles):
+            if n_crops[i]:
+                # crops are row-major over the tile grid: (h, w, nc, nc, C) -> rows of tiles interleaved
+                # with rows inside a tile -> one (h*nc) x (w*nc) image of vision vectors
+                c = loc[k:k + n_crops[i]].view(h, w, nc, nc, -1).permute(0, 2, 1, 3, 4).reshape(h * nc, w * nc, -1)
+                out.append(self._with_newlines(c))
+                k += n_crops[i]
+            out.append(self._with_newlines(g[i]))
+            out.append(self.view_separator.to(g.dtype)[None])
+        return torch.cat(out)  # (sum_i tokens_i, C)
+
+    def _check_counts(self, ids, vision):
+        n_pos = int((ids == self.config.image_token_id).sum())
+        n_vec = 0 if vision is None else vision.shape[0]
+        if n_pos != n_vec:
+            raise ValueError(f"the batch has {n_pos} image tokens (id {self.config.image_token_id}) "
+                             f"but the images produced {n_vec} vision vectors")
+
+    def merge(self, x, ids, vision):
+        """x (B, T, C) token embeddings; image positions take `vision` (N, C) rows in row-major order."""
+        self._check_counts(ids, vision)
+        if vision is None:
+            return x
+        return x.masked_scatter((ids == self.config.image_token_id)[..., None], vision.to(x.dtype))
+
+    def embed(self, ids, vision=None):
+        """ids (B, T) + vision (N, C) | None -> (B, T, C) embeddings with the vision vectors merged."""
+        if use_triton(self.config.gpt.embed_impl, ids):
+            self._check_counts(ids, vision)  # the kernel trusts the count
+            from kernels.scatter import embed_scatter  # lazy: the model must import without the kernels
+            log_once("embed+merge: Triton kernel (kernels.scatter)")
+            wte = self.gpt.transformer.wte.weight
+            return embed_scatter(ids, wte, None if vision is None else vision.to(wte.dtype), self.config.image_token_id)
+        log_once("embed+merge: torch (embedding + masked_scatter)")
+        return self.merge(self.gpt.embed(ids), ids, vision)
+
+    def forward(self, ids, targets=None, images=None, crops=None, tiles=None, loss_reduction="mean"):
+        """ids/targets (B, T); images/crops/tiles as encode_images -> loss, or logits (B, T, V) without targets."""
+        if images is None and (crops is not None or tiles is not None):
+            raise ValueError("crops/tiles given without images")
+        vision = None if images is None else self.encode_images(images, crops, tiles)
+        return self.gpt.trunk(self.embed(ids, vision), targets, loss_reduction=loss_reduction)

@@ -1,0 +1,137 @@
+"""process_sample: image-token expansion, loss policies, overflow handling and validation reasons."""
+import io
+
+import pytest
+import torch
+from PIL import Image
+
+from nanoocr.processing import SampleError, process_sample
+from nanoocr.tokenizer import Tokenizer
+
+ANSWER = "Total: 42.00 EUR\nThank you!"
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return Tokenizer.train_from_iterator(["Free OCR. " + ANSWER, "hello world, describe the page"] * 20, 320)
+
+
+def png(w, h):
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (240, 240, 240)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def record(image=None, prompt="<image>\nFree OCR.", answer=ANSWER, rid="rec-1"):
+    return {"id": rid, "source": "test", "image": image,
+            "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]}
+
+
+def image_positions(sample, tok):
+    return (sample["input_ids"] == tok.image_id).nonzero().flatten()
+
+
+@pytest.mark.parametrize("mode,size,tokens,tiles", [
+    ("base", (300, 200), 273, (1, 1)),  # REFERENCE.md token counts
+    ("tiny", (300, 200), 73, (1, 1)),
+    ("gundam", (1000, 800), 693, (2, 2)),
+])
+def test_image_span_expanded_and_never_a_target(tok, mode, size, tokens, tiles):
+    s = process_sample(record(png(*size)), tok, mode=mode)
+    ids, targets = s["input_ids"], s["targets"]
+    assert ids.dtype == torch.long and targets.shape == ids.shape
+    pos = image_positions(s, tok)
+    assert len(pos) == tokens, f"{mode} {size}: {len(pos)} image ids, expected {tokens}"
+    assert (pos.diff() == 1).all(), "the image span must be contiguous"
+    assert not (targets == tok.image_id).any(), "an image id is a target"
+    # Positions whose NEXT token is an image position predict nothing...
+    assert (targets[pos[1:] - 1] == -1).all() and targets[pos[0] - 1] == -1
+    # ...but the last image position predicts the first text token after the image.
+    assert targets[pos[-1]].item() == ids[pos[-1] + 1].item() != -1
+    assert s["tiles"] == tiles
+    assert s["image"].shape[-1] == {"base": 1024, "tiny": 512, "gundam": 1024}[mode]
+    assert (s["crops"] is None) == (tiles == (1, 1))
+    if s["crops"] is not None:
+        assert s["crops"].shape == (tiles[0] * tiles[1], 3, 640, 640)
+
+
+def test_inputs_and_targets_are_shifted_ids(tok):
+    s = process_sample(record(png(300, 200)), tok, mode="tiny")
+    full_ids, _ = tok.render_conversation(record()["messages"])
+    p = full_ids.index(tok.image_id)
+    expected = full_ids[:p] + [tok.image_id] * 73 + full_ids[p + 1:]
+    assert s["input_ids"].tolist() == expected[:-1]
+    want = [-1 if t == tok.image_id else t for t in expected[1:]]
+    assert s["targets"].tolist() == want, "all_text: every text token is a target"
+
+
+def test_loss_policies(tok):
+    all_text = process_sample(record(png(300, 200)), tok, mode="tiny", loss="all_text")
+    assistant = process_sample(record(png(300, 200)), tok, mode="tiny", loss="assistant")
+    assert torch.equal(all_text["input_ids"], assistant["input_ids"])
+    supervised = assistant["targets"][assistant["targets"] != -1].tolist()
+    assert supervised == tok.encode(ANSWER) + [tok.token_id("<|assistant_end|>")]
+    n_text_targets = (all_text["targets"] != -1).sum().item()
+    assert n_text_targets == len(all_text["input_ids"]) - 73, "all_text: all but the image targets"
+    assert n_text_targets > len(supervised)
+
+
+def test_text_only_sample(tok):
+    s = process_sample(record(None, prompt="hello world"), tok)
+    assert s["image"] is None and s["crops"] is None and s["tiles"] is None
+    assert not (s["input_ids"] == tok.image_id).any()
+    assert s["id"] == "rec-1"
+
+
+def test_overflow_truncate_keeps_image_span(tok):
+    full = process_sample(record(png(300, 200)), tok, mode="tiny", max_seq_len=10_000)
+    image_end = image_positions(full, tok)[-1].item() + 1
+    limit = image_end + 3
+    assert len(full["input_ids"]) > limit, "fixture must overflow"
+    s = process_sample(record(png(300, 200)), tok, mode="tiny", max_seq_len=limit, overflow="truncate")
+    assert len(s["input_ids"]) == limit
+    assert len(image_positions(s, tok)) == 73, "the image span must be kept whole"
+    assert torch.equal(s["input_ids"], full["input_ids"][:limit])
+    assert torch.equal(s["targets"], full["targets"][:limit])
+    # No room for the image plus one following text token: rejected, not cut inside the span.
+    with pytest.raises(SampleError, match="image span"):
+        process_sample(record(png(300, 200)), tok, mode="tiny", max_seq_len=60, overflow="truncate")
+
+
+def test_overflow_drop_reports_lengths(tok):
+    full = process_sample(record(png(300, 200)), tok, mode="tiny")
+    n = len(full["input_ids"])
+    with pytest.raises(SampleError) as err:
+        process_sample(record(png(300, 200)), tok, mode="tiny", max_seq_len=n - 1, overflow="drop")
+    assert f"{n} tokens" in str(err.value) and f"max_seq_len {n - 1}" in str(err.value), str(err.value)
+    assert "rec-1" in str(err.value)
+
+
+BAD_RECORDS = {
+    "tag_without_image": (record(None), "no image"),
+    "image_without_tag": (record(png(20, 20), prompt="Free OCR."), "no <image> tag"),
+    "two_tags": (record(png(20, 20), prompt="<image><image> OCR"), "2 <image> tags"),
+    "empty_message": (record(None, prompt="hi", answer="  "), "empty"),
+    "assistant_first": ({"id": "rec-1", "image": None, "messages": [{"role": "assistant", "content": "a"}]},
+                        "expected 'user'"),
+    "two_users": ({"id": "rec-1", "image": None, "messages": [{"role": "user", "content": "a"},
+                                                               {"role": "user", "content": "b"}]}, "expected 'assistant'"),
+    "no_messages": ({"id": "rec-1", "image": None, "messages": []}, "no messages"),
+    "tag_in_answer": (record(png(20, 20), prompt="OCR", answer="<image>"), "first user message"),
+    "corrupt_image": (record(b"\x89PNG\r\n\x1a\n garbage"), "image"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_RECORDS)
+def test_bad_records_raise_with_reason(tok, case):
+    rec, reason = BAD_RECORDS[case]
+    with pytest.raises(SampleError) as err:
+        process_sample(rec, tok)
+    assert reason in str(err.value) and "rec-1" in str(err.value), f"{case}: {err.value}"
+
+
+def test_no_targets_under_assistant_loss(tok):
+    rec = {"id": "rec-1", "image": None, "messages": [{"role": "user", "content": "hello"}]}
+    assert process_sample(rec, tok, loss="all_text")["targets"].ne(-1).any()
+    with pytest.raises(SampleError, match="no target tokens"):
+        process_sample(rec, tok, loss="assistant")
