@@ -114,7 +114,8 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, H, T, T_BUCKET, scale,
 
 @triton.jit
 def _attn_bwd_preprocess_kernel(O, DO, DELTA, T, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
-    """delta_i = sum_d dO_id * O_id (= sum_j P_ij dP_ij, the softmax-backward row term). Grid (cdiv(T, BLOCK_M), B*H)."""
+    """delta_i = sum_d dO_id * O_id (= sum_j P_ij dP_ij, the softmax-backward row term).
+    Grid (cdiv(T, BLOCK_M), B * H)."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     base = pid_bh.to(tl.int64) * T * HEAD_DIM
@@ -248,6 +249,9 @@ def _launch_options(x: torch.Tensor, T: int) -> dict:
     # (For fp16/bf16 operands the setting has no effect; keep Triton's default there.)
     ieee = x.dtype == torch.float32 and not (x.is_cuda and torch.backends.cuda.matmul.allow_tf32)
     precision = "ieee" if ieee else "tf32"
+    # T_BUCKET is only an autotune key: tune once per power-of-two size class, not per distinct T
+    # (batches are padded to their longest sample, so T changes nearly every step).
+    # DOT_FP32: the interpreter's bf16 tl.dot is wrong, fp32 operands are exact; never set on a GPU.
     opts = dict(T_BUCKET=triton.next_power_of_2(T), DOT_FP32=_INTERPRET and x.dtype == torch.bfloat16,
                 PRECISION=precision)
     if not _AUTOTUNE:
@@ -316,5 +320,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | 
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     if q.is_cuda or _INTERPRET:
+        device_type = q.device.type
+        if torch.is_autocast_enabled(device_type):
+            # SDPA is a lower-precision op under autocast, and norms upcast: q/k can arrive fp32 next to a
+            # bf16 v. Cast like SDPA would (outside the Function, so autograd casts the grads back).
+            dtype = torch.get_autocast_dtype(device_type)
+            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         return AttentionFunction.apply(q, k, v, float(scale))
     return attention_torch(q, k, v, scale)

@@ -99,7 +99,8 @@ def bench_scatter(dtype, rows):
 
 def print_table(rows, dtype_name):
     header = ("op", "shape", "impl", "mode", "ms", "throughput", "max|diff|")
-    cells = [header] + [(op, shape, impl, mode, f"{ms:.3f}", tput, err) for op, shape, impl, mode, ms, tput, err in rows]
+    cells = [header] + [(op, shape, impl, mode, f"{ms:.3f}", tput, err)
+                        for op, shape, impl, mode, ms, tput, err in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     print(f"# kernels.bench on {torch.cuda.get_device_name()} ({dtype_name}, torch {torch.__version__})")
     for i, r in enumerate(cells):

@@ -11,7 +11,7 @@ Notable features:
 - Backward: the grad of an image row is gathered to grad_vision[k]; the grad of a text row is
   scatter-added to grad_wte[id] with fp32 atomics. Image positions give wte no gradient.
   Why atomics and not a sort-based reduction: repeated ids (spaces, punctuation, padding) are the common
-  case and atomics need no sort, no segment bookkeeping and no host sync. The cost is the order of the
+  case and atomics need no sort, no segment bookkeeping and no host sync in backward. The cost is the order of the
   fp32 additions, which can differ from run to run by an ulp. The accumulator is fp32 even for
   fp16/bf16 tables (one rounding at the end; 16-bit float atomics are not available everywhere).
   The interpreter runs programs one after another, so it cannot show a race; atomics make races moot.
@@ -31,7 +31,7 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 def _block_sizes(C: int) -> tuple[int, int]:
     """(BLOCK_R, BLOCK_C). The interpreter pays per block operation, so it takes whole rows and many of
-    them; on a GPU a 4 KiB-ish tile per program keeps enough programs in flight for small B*T."""
+    them; on a GPU a few-KiB tile per program keeps many programs in flight even for small B*T."""
     if _INTERPRET:
         return 64, triton.next_power_of_2(C)
     return 4, min(1024, triton.next_power_of_2(C))
@@ -112,7 +112,8 @@ def embed_scatter_forward(ids: torch.Tensor, wte: torch.Tensor, vision: torch.Te
     is_img, pos = _image_positions(ids_flat, image_id)
     # One host sync for every check: a bad index inside the kernel would read memory silently.
     # The image token is part of the vocabulary, so all ids (image positions too) must be in [0, V).
-    n_img, lo, hi = torch.stack([is_img.sum(), ids_flat.min().long(), ids_flat.max().long()]).tolist() if R else (0, 0, 0)
+    stats = torch.stack([is_img.sum(), ids_flat.min().long(), ids_flat.max().long()]) if R else torch.zeros(3)
+    n_img, lo, hi = (int(x) for x in stats.tolist())
     _check_count(n_img, vision)
     if lo < 0 or hi >= V:
         raise ValueError(f"embed_scatter: token ids must lie in [0, {V}), got min {lo}, max {hi}")
@@ -177,7 +178,8 @@ def embed_scatter_torch(ids: torch.Tensor, wte: torch.Tensor, vision: torch.Tens
     return out
 
 
-def embed_scatter(ids: torch.Tensor, wte: torch.Tensor, vision: torch.Tensor | None, image_id: int) -> torch.Tensor:
+def embed_scatter(ids: torch.Tensor, wte: torch.Tensor, vision: torch.Tensor | None,
+                  image_id: int) -> torch.Tensor:
     """(B, T) ids, (V, C) table, (N, C) vision rows | None -> (B, T, C). Triton on CUDA or under
     TRITON_INTERPRET=1, torch otherwise. Raises ValueError when N != number of image positions."""
     if ids.is_cuda or _INTERPRET:

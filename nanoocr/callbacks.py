@@ -10,6 +10,7 @@
   set (the prototype's failure: it went 0.59 → 0.9998 in 500 steps when the encoder collapsed).
 - GenerationEval: exact match / CER by real greedy generation on a few held-out samples.
 - LossCurve: a PNG of the train loss (raw + EMA) and eval loss, written at fit end.
+- SampleLog: the sample ids of every batch, per rank (resumption and rank-disjointness audits).
 - JSONLLogger: every logged metric as one JSON line per step (`metrics.jsonl`), which tests and the
   sweep collector read back.
 - measure_matmul_peak: the machine's fp32 matmul FLOP/s, measured when SpeedMonitor has no table entry
@@ -170,6 +171,22 @@ class LossCurve(Callback):
         fig.tight_layout()
         fig.savefig(Path(self.folder) / "loss_curve.png", dpi=120)
         plt.close(fig)
+
+
+class SampleLog(Callback):
+    """Writes the sample ids of every batch this rank trains on to `samples-rank{R}.jsonl` (audits data
+    order across resumptions and the disjointness of ranks)."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def after_dataloader(self, state: State, logger: Logger) -> None:
+        Path(self.folder).mkdir(parents=True, exist_ok=True)
+        path = Path(self.folder) / f"samples-rank{dist.get_global_rank()}.jsonl"
+        with open(path, "a") as f:
+            # "step" as in metrics.jsonl: the 0-based index of this batch in the run
+            row = {"step": int(state.timestamp.batch), "ids": list(state.batch["sample_ids"])}
+            f.write(json.dumps(row) + "\n")
 
 
 class JSONLLogger(LoggerDestination):

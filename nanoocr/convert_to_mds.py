@@ -98,7 +98,12 @@ def parse_spec(spec: str, workers: int = 1) -> tuple[Iterator[dict], Path | None
         parts = rest.split(":")
         if len(parts) not in (2, 3) or parts[0] not in GENERATORS or not all(p.isdigit() for p in parts[1:]):
             raise SpecError(f"{spec}: expected synthetic:<generator>:<n>[:<seed>] with generator in {sorted(GENERATORS)}")
-        return GENERATORS[parts[0]](int(parts[1]), int(parts[2]) if len(parts) == 3 else 0), None
+        records = GENERATORS[parts[0]](int(parts[1]), int(parts[2]) if len(parts) == 3 else 0)
+        try:  # generators are lazy: pull the first record now so a bad argument is a usage error
+            first = next(records, None)
+        except ValueError as e:
+            raise SpecError(f"{spec}: {e}")
+        return itertools.chain([first] if first is not None else [], records), None
     if kind in ("hf", "task"):
         import nanoocr.tasks as tasks
         parts = rest.split(":")

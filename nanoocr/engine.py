@@ -98,7 +98,8 @@ class Engine:
 
         vision = None
         if hasattr(self.model, "encode_images") and images is not None:
-            vision = self.model.encode_images(images, crops, tiles)  # (N_tokens, C), once for all steps
+            crops = None if crops is None else crops.to(device)
+            vision = self.model.encode_images(images.to(device), crops, tiles)  # (N_tokens, C), once for all steps
 
         generator = None
         if temperature > 0.0:
@@ -111,7 +112,7 @@ class Engine:
             kv_cache = KVCache(cfg.n_layer, B, cfg.n_head, cfg.n_embd // cfg.n_head, max_len,
                                dtype=gpt.lm_head.weight.dtype, device=device)
             x = self._embed(ids, vision)  # (B, L, C)
-            logits = gpt.trunk(x, kv_cache=kv_cache, positions=None,
+            logits = gpt.trunk(x, kv_cache=kv_cache, positions=positions if padded else None,
                                attn_mask=valid[:, :L] if padded else None, last_only=True)[:, -1]
 
         out = [[] for _ in range(B)]

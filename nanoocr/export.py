@@ -80,8 +80,11 @@ def load_model(directory: str | Path, device: str = "cpu"):
 def load_composer_state(path: str | Path) -> dict:
     """The model state dict inside a Composer checkpoint, loaded with weights_only=True."""
     import datetime
-    from composer.core.time import Time, TimeUnit, Timestamp
-    safe = [Timestamp, Time, TimeUnit, datetime.timedelta]
+
+    import numpy as np
+    # What a Composer checkpoint holds besides tensors: timedeltas, the torch version, numpy RNG states.
+    safe = [datetime.timedelta, torch.torch_version.TorchVersion, np._core.multiarray._reconstruct, np.ndarray,
+            np.dtype, np.dtypes.UInt32DType, np.dtypes.Int64DType, np.dtypes.Float64DType]
     with torch.serialization.safe_globals(safe):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     state = ckpt["state"]["model"]

@@ -278,8 +278,9 @@ class GPT(nn.Module):
     def forward(self, ids, targets=None, kv_cache=None, positions=None, attn_mask=None, loss_reduction="mean"):
         return self.trunk(self.embed(ids), targets, kv_cache, positions, attn_mask, loss_reduction)
 
-    def num_flops_per_token(self):
-        """nanochat's estimate: 6 * (params - embedding) + attention's 12 * L * H * D * T."""
+    def estimate_flops(self):
+        """Training FLOPs per token, nanochat's estimate: 6 * (params - embedding) + 12 * L * H * D * T
+        (attention scores and values at the full sequence_len)."""
         nparams = sum(p.numel() for p in self.parameters())
         nparams_embedding = self.transformer.wte.weight.numel()
         l, h, q, t = self.config.n_layer, self.config.n_head, self.config.n_embd // self.config.n_head, \

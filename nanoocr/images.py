@@ -179,10 +179,16 @@ def count_tokens(mode: str, size: tuple[int, int] | None = None, tiles: tuple[in
     return tokens + (nl * h_tiles) * (nl * w_tiles + 1)
 
 
+def is_stretched(mode: str) -> bool:
+    """tiny/small stretch the image to the square (aspect NOT kept); the others aspect-pad it."""
+    base_size, image_size, crop = MODES[mode]
+    return not crop and image_size <= 640
+
+
 def global_view_image(img: Image.Image, mode: str) -> Image.Image:
     """The PIL image the global view is made from: stretched (tiny/small) or aspect-padded (others)."""
     base_size, image_size, crop = MODES[mode]
-    if not crop and image_size <= 640:
+    if is_stretched(mode):
         # Reference: "directly resize" to the square (aspect NOT kept); a pad afterwards is a no-op.
         return img.resize((image_size, image_size), Image.Resampling.BICUBIC)
     return ImageOps.pad(img, (base_size, base_size), color=PAD_COLOR, method=Image.Resampling.BICUBIC)
@@ -190,12 +196,13 @@ def global_view_image(img: Image.Image, mode: str) -> Image.Image:
 
 def padded_box(w: int, h: int, side: int) -> tuple[int, int, int, int]:
     """(left, top, right, bottom) of the content inside ImageOps.pad(w x h -> side x side), exclusive."""
-    # Same arithmetic as ImageOps.contain + pad (round the scaled side, centre with floor division).
-    if w / h > 1:
-        cw, ch = side, round(h * side / w)
-    else:
-        cw, ch = round(w * side / h), side
-    left, top = (side - cw) // 2, (side - ch) // 2
+    # Same expressions as ImageOps.contain + pad (Python's round: halves go to even).
+    cw, ch = side, side
+    if w > h:
+        ch = round(h / w * side)
+    elif w < h:
+        cw = round(w / h * side)
+    left, top = round((side - cw) * 0.5), round((side - ch) * 0.5)
     return left, top, left + cw, top + ch
 
 
@@ -218,8 +225,12 @@ def _pil_to_uint8(img: Image.Image):
 
 
 def _normalize(t):
-    """uint8 -> float in [-1, 1]; bit-identical to ToTensor() + Normalize(0.5, 0.5) (same op order)."""
-    return t.float().div_(255).sub_(0.5).div_(0.5)  # one float allocation, then in place
+    """uint8 -> contiguous float in [-1, 1]; bit-identical to ToTensor() + Normalize(0.5, 0.5) (same op order)."""
+    import torch
+
+    # One float allocation (also undoing pil_to_tensor's channels-last strides), then in place.
+    t = t.to(torch.float32, memory_format=torch.contiguous_format)
+    return t.div_(255).sub_(0.5).div_(0.5)
 
 
 def to_tensor(img: Image.Image):

@@ -15,7 +15,8 @@ import sys
 
 from PIL import ImageDraw
 
-from nanoocr.images import MODES, ImageError, count_tokens, global_view_image, gundam_tiles, open_image, padded_box
+from nanoocr.images import (MODES, ImageError, count_tokens, global_view_image, gundam_tiles, is_stretched, open_image,
+                            padded_box)
 
 
 def describe(img, mode: str, min_crops: int = 2, max_crops: int = 6) -> dict:
@@ -23,7 +24,8 @@ def describe(img, mode: str, min_crops: int = 2, max_crops: int = 6) -> dict:
     w, h = img.size
     tiles = gundam_tiles(w, h, min_crops, max_crops) if MODES[mode][2] else (1, 1)
     crops = 0 if tiles == (1, 1) else tiles[0] * tiles[1]
-    return {"mode": mode, "size": [w, h], "tiles": list(tiles), "crops": crops, "tokens": count_tokens(mode, tiles=tiles)}
+    tokens = count_tokens(mode, tiles=tiles)
+    return {"mode": mode, "size": [w, h], "tiles": list(tiles), "crops": crops, "tokens": tokens}
 
 
 def draw_overlay(img, info: dict):
@@ -31,8 +33,7 @@ def draw_overlay(img, info: dict):
     mode = info["mode"]
     view = global_view_image(img, mode)
     side = view.width
-    stretched = not MODES[mode][2] and MODES[mode][1] <= 640
-    left, top, right, bottom = (0, 0, side, side) if stretched else padded_box(img.width, img.height, side)
+    left, top, right, bottom = (0, 0, side, side) if is_stretched(mode) else padded_box(img.width, img.height, side)
     draw = ImageDraw.Draw(view)
     w_tiles, h_tiles = info["tiles"]
     if info["crops"]:
@@ -67,7 +68,8 @@ def main(argv=None) -> int:
     else:
         w, h = info["size"]
         grid = f"{info['tiles'][0]}x{info['tiles'][1]} tiles, {info['crops']} crops" if info["crops"] else "no crops"
-        print(f"{args.file}: {w}x{h}, mode {args.mode} (global {MODES[args.mode][0]}px), {grid}, {info['tokens']} image tokens")
+        print(f"{args.file}: {w}x{h}, mode {args.mode} (global {MODES[args.mode][0]}px), {grid}, "
+              f"{info['tokens']} image tokens")
     if args.overlay:
         draw_overlay(img, info).save(args.overlay)
     return 0

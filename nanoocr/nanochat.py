@@ -133,3 +133,19 @@ def extend_vocab(gpt, new_vocab_size, seed=0):
     gpt.config.vocab_size = new_vocab_size
     log.info("extended vocab %d -> %d", old_vocab, new_vocab_size)
     return gpt
+
+
+@torch.no_grad()
+def load_nanochat_into(model, checkpoint_dir, step=None, strict=True):
+    """Initialize `model.gpt` (a NanoOCR's) from a nanochat checkpoint: load it, extend its vocabulary
+    to the model's (new special tokens such as <|image|>), copy. Returns the LoadReport."""
+    gpt, _, report = load_nanochat(checkpoint_dir, step, strict)
+    ours, theirs = model.gpt.config, gpt.config
+    for name in ("n_layer", "n_head", "n_embd"):
+        if getattr(ours, name) != getattr(theirs, name):
+            raise ValueError(f"{checkpoint_dir}: checkpoint {name}={getattr(theirs, name)} but the model has "
+                             f"{name}={getattr(ours, name)}")
+    extend_vocab(gpt, ours.vocab_size)
+    device = model.gpt.lm_head.weight.device
+    model.gpt.load_state_dict({k: v.to(device) for k, v in gpt.state_dict().items()})
+    return report

@@ -259,7 +259,8 @@ def load_deepseek_vision(model: nn.Module, path: str | Path, strict: bool = True
             continue
         t = tensors[key]
         if tuple(t.shape) != tuple(p.shape):
-            raise ValueError(f"shape mismatch for {key} -> {attr}: checkpoint {tuple(t.shape)} vs model {tuple(p.shape)}")
+            raise ValueError(f"shape mismatch for {key} -> {attr}: checkpoint {tuple(t.shape)} "
+                             f"vs model {tuple(p.shape)}")
         with torch.no_grad():
             p.copy_(t.to(p.dtype))
         report.loaded += 1

@@ -126,14 +126,13 @@ def load_config(yaml_path: str, overrides: list[str]) -> dict:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not key=value")
-    merged = om.merge(base, om.from_dotlist(overrides))
-    # om.merge is deep: `scheduler={name: step, ...}` would keep the YAML's old scheduler kwargs. An
-    # override whose value is a dict or list replaces that node wholesale instead.
+    # Applied one by one, in order. A dict or list value replaces its node wholesale: om.merge is deep,
+    # so `scheduler={name: step, ...}` would otherwise keep the YAML's old scheduler kwargs.
+    merged = base
     for item in overrides:
         key = item.split("=", 1)[0]
         value = om.select(om.from_dotlist([item]), key)
-        if isinstance(value, (DictConfig, ListConfig)):
-            om.update(merged, key, value, merge=False)
+        om.update(merged, key, value, merge=False)
     cfg = om.to_container(merged, resolve=True)
     cfg.pop("variables", None)
     validate(cfg)
@@ -223,7 +222,12 @@ def _nonfinite_guard(ctx):
     return NonFiniteLossGuard()
 
 
-CALLBACKS = {"speed_monitor": _speed_monitor, "lr_monitor": _lr_monitor, "vision_collapse": _vision_collapse,
+def _sample_log(ctx):
+    from nanoocr.callbacks import SampleLog
+    return SampleLog(ctx["run_folder"])
+
+
+CALLBACKS = {"sample_log": _sample_log, "speed_monitor": _speed_monitor, "lr_monitor": _lr_monitor, "vision_collapse": _vision_collapse,
              "generation_eval": _generation_eval, "loss_curve": _loss_curve, "nonfinite_guard": _nonfinite_guard}
 
 
@@ -371,8 +375,8 @@ def final_eval(ecfg: dict, model, tokenizer, run_folder: str, mode: str) -> dict
     return summary
 
 
-def train(cfg: dict):
-    """Build everything from a validated config and run Trainer.fit(); returns the Trainer."""
+def build_trainer(cfg: dict):
+    """Build everything from a validated config → (Trainer, NanoOCR, tokenizer), before fit."""
     import torch
     from composer import Trainer
     from composer.utils import reproducibility
@@ -444,7 +448,15 @@ def train(cfg: dict):
         progress_bar=cfg.get("progress_bar", True), log_to_console=cfg.get("log_to_console", False),
         console_log_interval=cfg.get("console_log_interval", "1ba"), dist_timeout=cfg.get("dist_timeout", 300.0),
     )
+    return trainer, model, tokenizer
+
+
+def train(cfg: dict):
+    """Trainer.fit(), then (rank 0) the final generation eval and an export; returns the Trainer."""
+    trainer, model, tokenizer = build_trainer(cfg)
     trainer.fit()
+    run_folder = cfg.get("run_folder") or os.path.join("runs", cfg.get("run_name", "nanoocr"))
+    mode = cfg["train_loader"]["dataset"].get("mode", "base")
 
     if cfg.get("final_eval") and _is_rank0():
         fe = cfg["final_eval"]

@@ -24,7 +24,6 @@ Notable features:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -51,21 +50,17 @@ class SAMConfig:
 
     def __post_init__(self):
         self.global_attn_indexes = tuple(self.global_attn_indexes)  # YAML gives lists
-        assert self.embed_dim % self.num_heads == 0, f"embed_dim {self.embed_dim} not divisible by num_heads {self.num_heads}"
+        assert self.embed_dim % self.num_heads == 0, \
+            f"embed_dim {self.embed_dim} not divisible by num_heads {self.num_heads}"
         assert all(0 <= i < self.depth for i in self.global_attn_indexes), \
             f"global_attn_indexes {self.global_attn_indexes} out of range for depth {self.depth}"
-        assert self.img_size % self.patch_size == 0, f"img_size {self.img_size} not a multiple of patch_size {self.patch_size}"
-
-
-# The (heads, queries, keys) bias of one attention call is built in chunks of at most this many
-# elements (16 MB in fp32). Small enough that the allocator recycles the buffer instead of faulting in
-# fresh pages for every chunk, large enough that SDPA still runs big matmuls.
-BIAS_CHUNK_ELEMENTS = 4 * 1024 * 1024
+        assert self.img_size % self.patch_size == 0, \
+            f"img_size {self.img_size} not a multiple of patch_size {self.patch_size}"
 
 
 def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """(1, S, S, C) absolute table -> (1, gh, gw, C); bicubic + antialias in fp32 like the official code."""
-    if pos_embed.shape[1:3] == grid:
+    if tuple(pos_embed.shape[1:3]) == tuple(grid):
         return pos_embed
     x = pos_embed.permute(0, 3, 1, 2).float()  # (1, C, S, S)
     x = F.interpolate(x, size=grid, mode="bicubic", antialias=True, align_corners=False)
@@ -88,34 +83,46 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor
     return rel_pos[relative.long()]  # (q_size, k_size, D)
 
 
+# The (heads, queries, keys) bias of one SDPA call is built in chunks of at most this many elements
+# (64 MB in fp32): a global block at 1024 px needs 12 x 4096 x 4096 (800 MB) at once otherwise, and on CPU
+# faulting in fresh pages for a buffer that size costs about as much as the attention itself.
+BIAS_CHUNK_ELEMENTS = 16 * 1024 * 1024
+
+
 def rel_pos_attention(q, k, v, rel_h, rel_w) -> torch.Tensor:
-    """SDPA with the decomposed rel-pos bias, bias built chunk by chunk.
+    """SDPA with the decomposed rel-pos bias; returns (B, N, nH, D) (token-major, ready to merge heads).
 
     q, k, v: (B, nH, N, D); rel_h: (B, nH, N, kh), rel_w: (B, nH, N, kw) with kh * kw = N keys.
-    Returns (B, nH, N, D). The bias of query n and key (i, j) is rel_h[n, i] + rel_w[n, j]."""
+    The bias of query n and key (i, j) is rel_h[n, i] + rel_w[n, j]. Windows (many small items) are
+    chunked over the batch dim, a global grid over queries (in multiples of 64, SDPA's CPU query block)."""
     B, nH, N, _ = q.shape
     kh, kw = rel_h.shape[-1], rel_w.shape[-1]
     assert kh * kw == k.shape[2], f"rel-pos grid {kh}x{kw} does not match {k.shape[2]} keys"
-    per_item = nH * N * kh * kw
-    if per_item <= BIAS_CHUNK_ELEMENTS:  # small items (windows): chunk over the batch dimension
-        bs, qs = max(1, BIAS_CHUNK_ELEMENTS // per_item), N
-    else:  # one big item (global attention): chunk over queries
-        bs, qs = 1, max(1, BIAS_CHUNK_ELEMENTS // (nH * kh * kw))
-    if bs >= B and qs >= N:
-        bias = (rel_h[..., :, None] + rel_w[..., None, :]).flatten(-2)  # (B, nH, N, N)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    per_query = nH * kh * kw
+    bs = max(1, BIAS_CHUNK_ELEMENTS // (per_query * N))  # batch items per chunk
+    if per_query * N <= BIAS_CHUNK_ELEMENTS:
+        qs = N
+    else:  # queries per chunk
+        qs = max(64, BIAS_CHUNK_ELEMENTS // per_query // 64 * 64)
+    # Without autograd one buffer is reused for every chunk (no fresh pages per chunk); with autograd
+    # each chunk's bias must be its own tensor.
+    reuse = not (torch.is_grad_enabled() and (rel_h.requires_grad or rel_w.requires_grad))
+    buf = q.new_empty(min(bs, B), nH, qs, kh, kw) if reuse else None
     outs = []
     for b0 in range(0, B, bs):
         b1 = min(B, b0 + bs)
-        kb, vb = k[b0:b1], v[b0:b1]
         for q0 in range(0, N, qs):
             q1 = min(N, q0 + qs)
-            bias = rel_h[b0:b1, :, q0:q1, :, None] + rel_w[b0:b1, :, q0:q1, None, :]  # (b, nH, q, kh, kw)
-            outs.append(F.scaled_dot_product_attention(q[b0:b1, :, q0:q1], kb, vb, attn_mask=bias.flatten(-2)))
+            rh, rw = rel_h[b0:b1, :, q0:q1, :, None], rel_w[b0:b1, :, q0:q1, None, :]
+            bias = torch.add(rh, rw, out=buf[: b1 - b0, :, : q1 - q0]) if reuse else rh + rw  # (b, nH, q, kh, kw)
+            o = F.scaled_dot_product_attention(q[b0:b1, :, q0:q1], k[b0:b1], v[b0:b1], attn_mask=bias.flatten(-2))
+            outs.append(o.transpose(1, 2))  # (b, q, nH, D)
+    if len(outs) == 1:
+        return outs[0]
     if qs >= N:
         return torch.cat(outs, dim=0)
-    per_b = math.ceil(N / qs)
-    return torch.cat([torch.cat(outs[i:i + per_b], dim=2) for i in range(0, len(outs), per_b)], dim=0)
+    per_b = len(outs) // B
+    return torch.cat([torch.cat(outs[i:i + per_b], dim=1) for i in range(0, len(outs), per_b)], dim=0)
 
 
 class Attention(nn.Module):
@@ -142,8 +149,7 @@ class Attention(nn.Module):
         q_grid = q.reshape(B, nH, h, w, -1)
         rel_h = torch.einsum("bnhwc,hkc->bnhwk", q_grid, Rh).reshape(B, nH, h * w, h)
         rel_w = torch.einsum("bnhwc,wkc->bnhwk", q_grid, Rw).reshape(B, nH, h * w, w)
-        out = rel_pos_attention(q, k, v, rel_h, rel_w)  # (B, nH, N, D)
-        out = out.transpose(1, 2).reshape(B, h, w, C)
+        out = rel_pos_attention(q, k, v, rel_h, rel_w).reshape(B, h, w, C)  # merge heads
         return self.proj(out)
 
 

@@ -24,7 +24,7 @@ Notable features:
 
 import math
 import types
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn

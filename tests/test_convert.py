@@ -98,7 +98,7 @@ def test_convert_pdf_synthetic_task_subprocess(tmp_path):
                          "source": f"pdf:{tmp_path / 'pdfs'}"}]
 
 
-@pytest.mark.parametrize("spec", ["nope.jsonl", "pdf:/no/such/dir", "synthetic:nope:3", "synthetic:table:x",
+@pytest.mark.parametrize("spec", ["nope.jsonl", "pdf:/no/such/dir", "synthetic:nope:3", "synthetic:table:x", "synthetic:overfit10:5",
                                   "task:NotATask", "hf:someone/unknown", "weird:thing"])
 def test_usage_errors_exit_2(tmp_path, spec, capsys):
     with pytest.raises(SystemExit) as e:

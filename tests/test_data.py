@@ -187,6 +187,10 @@ def test_two_ranks_disjoint_and_complete(tmp_path, tok):
     assert len(r0) == len(r1) == 24, (len(r0), len(r1))
     assert not set(r0) & set(r1), f"ranks overlap: {sorted(set(r0) & set(r1))}"
     assert set(r0) | set(r1) == {f"v{i}" for i in range(16)} | {f"t{i}" for i in range(32)}
+    # Elastic: one rank with the same global batch (8) sees the same global batches, in the same order.
+    single = epoch_ids(build_dataloader(cfg, tok, 8))
+    assert [set(single[i:i + 8]) for i in range(0, 48, 8)] == \
+        [set(r0[i:i + 4]) | set(r1[i:i + 4]) for i in range(0, 24, 4)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import torch
 import torchvision.transforms as T
 from PIL import Image, ImageOps
 
-from nanoocr.images import MODES, ImageError, count_tokens, gundam_tiles, image_views, open_image
+from nanoocr.images import MODES, ImageError, count_tokens, gundam_tiles, image_views, open_image, padded_box
 
 # REFERENCE.md "Gundam crop selection": (w, h) -> {max_crops: (tiles, crops, tokens)}, min_crops 2.
 GUNDAM_ROWS = {
@@ -60,6 +60,7 @@ def test_plain_mode_tokens_and_shape(mode, tokens):
     views = image_views(Image.new("RGB", (300, 200), (255, 255, 255)), mode)
     side = MODES[mode][0]
     assert views.global_view.shape == (3, side, side) and views.global_view.dtype == torch.float32
+    assert views.global_view.is_contiguous()
     assert views.crops is None and views.tiles == (1, 1) and views.tokens == tokens
 
 
@@ -87,6 +88,13 @@ def test_base_view_content_rows_and_pad_value(w, h, first, last):
     assert (content_rows[0].item(), content_rows[-1].item()) == (first, last)
     assert g[:, 0, 0].tolist() == pytest.approx([-0.0039216] * 3, abs=1e-7)
     assert g.min() >= -1 and g.max() <= 1
+
+
+@pytest.mark.parametrize("w,h", [(1000, 802), (802, 1000), (300, 200), (640, 640), (1, 900)])
+def test_padded_box_matches_pad_content(w, h):
+    # 1000x802 -> 821 content rows: (1024 - 821) / 2 = 101.5, where rounding and floor differ.
+    padded = ImageOps.pad(Image.new("RGB", (w, h), (255, 255, 255)), (1024, 1024), color=(127, 127, 127))
+    assert padded_box(w, h, 1024) == padded.convert("L").point(lambda v: 255 if v > 127 else 0).getbbox()
 
 
 @pytest.mark.parametrize("mode", ["base", "large", "gundam"])

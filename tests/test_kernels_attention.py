@@ -75,9 +75,18 @@ def test_interpreter_bf16_path():
 
 @pytest.mark.gpu
 @requires_gpu
-@pytest.mark.parametrize("B,H,T,D", SHAPES + [(2, 4, 1000, 64), (1, 2, 1023, 128)])
+@pytest.mark.parametrize("B,H,T,D", SHAPES)
 def test_bf16_gpu(B, H, T, D):
     check_against_reference(B, H, T, D, torch.bfloat16)
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("B,H,T,D", [(2, 4, 1000, 64), (1, 2, 1023, 128), (2, 2, 4096, 64)])
+def test_long_sequences_gpu(B, H, T, D, dtype):
+    # Sizes the interpreter cannot afford; on a GPU these also exercise the autotuned block sizes.
+    check_against_reference(B, H, T, D, dtype)
 
 
 @pytest.mark.parametrize("bm,bn", [(16, 32), (32, 16), (16, 16)])
@@ -135,6 +144,22 @@ def test_non_contiguous_inputs():
     assert rel_err(o, reference(q, k, v, 1.0 / math.sqrt(D))) < 1e-4
     for got, want in zip(base, ref_base):
         assert got.grad.shape == want.shape and rel_err(got.grad, want.grad) < 1e-4
+
+
+def test_autocast_mixed_input_dtypes():
+    # Under autocast q/k can be fp32 (norms upcast) while v is bf16: cast like SDPA, grads in input dtypes.
+    q, k, v = make_qkv(1, 2, 21, 32, torch.float32, seed=5)
+    v16 = v.detach().bfloat16().requires_grad_()
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        o = attention(q, k, v16)
+    assert o.dtype == torch.bfloat16
+    o.float().sum().backward()
+    assert q.grad.dtype == torch.float32 and v16.grad.dtype == torch.bfloat16
+    qr, kr, vr = [x.detach().bfloat16().double().requires_grad_() for x in (q, k, v16)]
+    reference(qr, kr, vr, 1.0 / math.sqrt(32)).sum().backward()
+    assert rel_err(o, reference(qr, kr, vr, 1.0 / math.sqrt(32))) < TOL[torch.bfloat16]
+    for got, want in ((q.grad, qr.grad), (k.grad, kr.grad), (v16.grad, vr.grad)):
+        assert rel_err(got, want) < TOL[torch.bfloat16]
 
 
 def test_bad_inputs_raise():

@@ -92,3 +92,21 @@ def test_extend_vocab_keeps_old_rows():
         assert (after[..., :61] - before).abs().max() <= 1e-6  # old ids, old vocab: unchanged
         assert not after[..., 61:].any()  # zero rows -> logit exactly 0
     model(torch.tensor([[63, 1, 2]]), torch.tensor([[1, 2, 63]])).backward()  # new ids usable
+
+
+def test_load_into_vlm_extends_vocab(tmp_path):
+    from nanoocr.presets import build_config
+    from nanoocr.nanochat import load_nanochat_into
+    from nanoocr.vlm import NanoOCR
+
+    src = nanochat_model()
+    write_checkpoint(src, tmp_path, 3)
+    cfg = build_config("nano", sam={"depth": 1, "global_attn_indexes": ()},
+                       gpt={k: MODEL_CONFIG[k] for k in ("n_layer", "n_head", "n_kv_head", "n_embd")} | {"vocab_size": 62})
+    vlm = NanoOCR(cfg)
+    report = load_nanochat_into(vlm, tmp_path)
+    assert report.step == 3 and cfg.image_token_id == 61
+    assert torch.equal(vlm.gpt.lm_head.weight[:61], src.lm_head.weight)
+    assert not vlm.gpt.lm_head.weight[61].any()
+    with pytest.raises(ValueError, match="n_layer=2 but the model has n_layer=4"):
+        load_nanochat_into(NanoOCR(build_config("nano", gpt={"n_embd": 32, "n_head": 2, "n_kv_head": 2})), tmp_path)

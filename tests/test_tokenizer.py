@@ -57,7 +57,8 @@ def test_render_conversation_mask_only_on_assistant(tok):
     assert ids == expected
     assert len(mask) == len(ids)
     supervised = [i for i, m in zip(ids, mask) if m == 1]
-    assert supervised == tok.encode("A cat.") + [t("<|assistant_end|>")] + tok.encode("Yes 😀") + [t("<|assistant_end|>")]
+    end = t("<|assistant_end|>")
+    assert supervised == tok.encode("A cat.") + [end] + tok.encode("Yes 😀") + [end]
 
 
 def test_system_message_merged_into_first_user(tok):
@@ -138,7 +139,8 @@ def test_train_tokenizer_cli(tmp_path):
 
 tiktoken = pytest.importorskip("tiktoken")
 NANOCHAT_SPECIALS = SPECIAL_TOKENS[:-1]  # nanochat has no <|image|>
-PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
+           r"""|\s*[\r\n]|\s+(?!\S)|\s+""")  # nanochat's split pattern
 
 
 def write_nanochat_pkl(directory, specials=NANOCHAT_SPECIALS):

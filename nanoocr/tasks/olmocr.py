@@ -6,7 +6,7 @@ The hub repo ships PDFs, not images, in two layouts; both are read here:
 - parquet rows (hub id or local copy): `natural_text`, `pdf_relpath` = "pdf_tarballs/<chunk>.tar.gz:<member>",
   `page_number`, `primary_language`, `is_rotation_valid`, `rotation_correction`, `is_table`, `is_diagram`,
   `id`, `url`. The tarballs are looked up under `pdf_root` (the folder where the repo was downloaded;
-  defaults to `source` when that is a local folder). Reading rows in parquet order keeps tar access sequential.
+  defaults to `source`, or the folder of `source` when it is a parquet file). Reading rows in parquet order keeps tar access sequential.
 - the extracted layout that olmOCR's `prepare_olmocrmix` writes: `<name>.pdf` next to `<name>.md`, the
   markdown starting with a `---` front-matter block (primary_language, is_rotation_valid, ...).
 Each PDF holds one page; it is rendered with pdftoppm at 144 dpi (`nanoocr.pdf.render_page`). Pages whose
@@ -48,13 +48,18 @@ class OlmOCR(HFTask):
 
     def __init__(self, source=None, split="train", config=None, pdf_root=None, **kwargs):
         local = Path(source) if source else None
-        self.pairs = sorted(local.rglob("*.md")) if local and local.is_dir() else []
+        # The extracted layout is .md files WITH a sibling .pdf (a hub copy also holds a README.md).
+        mds = sorted(local.rglob("*.md")) if local and local.is_dir() else []
+        self.pairs = [md for md in mds if md.with_suffix(".pdf").is_file()]
         if self.pairs:  # extracted layout: no table to load
             Task.__init__(self, **kwargs)
             self.split = split
         else:
             super().__init__(source, split, config, **kwargs)
-        self.pdf_root = Path(pdf_root) if pdf_root else (local if local and local.is_dir() else None)
+        # Default: the local repo copy holding the parquet files and pdf_tarballs/ side by side.
+        if pdf_root is None and local is not None and local.exists():
+            pdf_root = local if local.is_dir() else local.parent
+        self.pdf_root = Path(pdf_root) if pdf_root else None
 
     def num_examples(self):
         return len(self.pairs) if self.pairs else len(self.ds)

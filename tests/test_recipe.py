@@ -1,0 +1,234 @@
+"""The training recipe: the real YAMLs shrunk by CLI overrides (nano preset, CPU, a few batches).
+
+Checks config validation, the stage YAMLs end to end, freezing, LR schedules, the NaN guard, export +
+sample, and (slow) the real Tier-1 YAML through the composer launcher, kill -9 + autoresume, and DDP.
+"""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from nanoocr.recipe import ConfigError, build_trainer, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+COMPOSER = str(Path(sys.executable).parent / "composer")
+
+
+@pytest.fixture(scope="module")
+def mds(tmp_path_factory):
+    """A vision MDS folder (overfit10) and a text-only one (JSONL conversations)."""
+    from nanoocr.convert_to_mds import main as convert
+    root = tmp_path_factory.mktemp("mds")
+    assert convert(["--input", "synthetic:overfit10:10:0", "--out", str(root / "vision")]) in (0, None)
+    with open(root / "text.jsonl", "w") as f:
+        for i in range(12):
+            conv = {"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
+                                 {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}]}
+            f.write(json.dumps(conv) + "\n")
+    assert convert(["--input", str(root / "text.jsonl"), "--out", str(root / "text")]) in (0, None)
+    return root
+
+
+def shrink(run: Path, vision: Path, text: Path | None = None, extra=()) -> list[str]:
+    """Overrides turning a stage YAML into a CPU smoke run on the nano preset."""
+    streams = f"{{vision: {{local: '{vision}', proportion: {0.9 if text else 1.0}}}"
+    streams += f", text: {{local: '{text}', proportion: 0.1}}}}" if text else "}"
+    return [
+        "model.preset=nano", "model.pretrained={}", "model.activation_checkpointing=false",
+        "tokenizer={train_vocab_size: 300}", "precision=fp32", "fsdp_config=null", "autoresume=false",
+        "load_path=null", f"run_folder={run}", f"save_folder={run}/ckpt", "save_interval=1000ba",
+        "device_train_batch_size=2", "device_train_microbatch_size=1", "device_eval_batch_size=2",
+        "progress_bar=false", f"train_loader.dataset.streams={streams}", "train_loader.num_workers=0",
+        "train_loader.dataset.mode=tiny", "train_loader.dataset.num_canonical_nodes=1",
+        f"eval_loader.dataset.streams={{val: {{local: '{vision}', proportion: 1.0}}}}", "eval_loader.num_workers=0",
+        "eval_loader.dataset.mode=tiny", "eval_interval=3ba", "eval_subset_num_batches=1",
+        "callbacks.vision_collapse={interval: 2, probes: 3}",
+        "callbacks.generation_eval={interval: 1000, samples: 2, max_new_tokens: 3}",
+        *extra,
+    ]
+
+
+def lrs_and_losses(run: Path):
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    lr = {r["step"]: v for r in rows for k, v in r.items() if k.startswith("lr-")}
+    loss = {r["step"]: r["loss/train/total"] for r in rows if "loss/train/total" in r}
+    return lr, loss
+
+
+def test_misspelled_keys_are_named():
+    cases = {"optimizer.lrr=1e-3": "'lrr' in section 'optimizer (adamw)'",
+             "train_loader.dataset.shufle=false": "'shufle' in section 'train_loader.dataset'",
+             "model.gpt.n_layr=2": "'n_layr' in section 'model.gpt'",
+             "max_duraton=3ba": "'max_duraton' in section '<top level>'",
+             "callbacks.loss_curv={}": "'loss_curv' in section 'callbacks'"}
+    for override, expected in cases.items():
+        with pytest.raises(ConfigError, match="did you mean") as err:
+            load_config(str(ROOT / "yamls/tier1_overfit.yaml"), [override])
+        assert expected in str(err.value), str(err.value)
+
+
+def test_cli_dict_override_replaces_the_section():
+    cfg = load_config(str(ROOT / "yamls/stage1.yaml"), ["scheduler={name: step, step_size: 5ba}"])
+    assert cfg["scheduler"] == {"name": "step", "step_size": "5ba"}  # no stale t_warmup / alpha_f
+
+
+def test_stage1_shrunk_trains_with_warmup_cosine(mds, tmp_path):
+    run = tmp_path / "s1"
+    cfg = load_config(str(ROOT / "yamls/stage1.yaml"), shrink(run, mds / "vision") + [
+        "max_duration=6ba", "scheduler.t_warmup=2ba", "optimizer.lr=1e-3"])
+    trainer, model, _ = build_trainer(cfg)
+    trainer.fit()
+    lr, loss = lrs_and_losses(run)
+    assert sorted(loss) == [0, 1, 2, 3, 4, 5] and all(math.isfinite(v) for v in loss.values())
+    # Composer's CosineAnnealingWithWarmupScheduler: linear warmup from 0 over t_warmup, then cosine
+    # from 1 to alpha_f over the rest. Losses are logged at the 0-based batch index; LRMonitor logs the
+    # lr that batch t used at step t + 1 (after the timestamp moved on).
+    alpha_f, base, warm, total = 0.1, 1e-3, 2, 6
+    assert sorted(lr) == list(range(1, total + 1))
+    for step, value in lr.items():
+        t = step - 1
+        if t < warm:
+            want = t / warm
+        else:
+            frac = (t - warm) / (total - warm)
+            want = alpha_f + (1 - alpha_f) * 0.5 * (1 + math.cos(math.pi * frac))
+        assert value == pytest.approx(base * want, rel=1e-6), (t, value, base * want)
+    assert (run / "loss_curve.png").stat().st_size > 0
+    assert (run / "config.yaml").is_file()
+    cos = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "vision/mean_cosine" in x]
+    assert cos and all(-1.0 <= r["vision/mean_cosine"] <= 1.0 for r in cos)
+
+
+def test_stage2_shrunk_freezes_sam_and_steps_lr(mds, tmp_path):
+    run = tmp_path / "s2"
+    cfg = load_config(str(ROOT / "yamls/stage2.yaml"), shrink(run, mds / "vision", mds / "text") + [
+        "max_duration=5ba", "scheduler.step_size=3ba", "optimizer.lr=1e-3"])
+    trainer, model, _ = build_trainer(cfg)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    in_opt = {id(p) for g in trainer.state.optimizers[0].param_groups for p in g["params"]}
+    assert not any(id(p) in in_opt for n, p in model.named_parameters() if n.startswith("sam."))
+    assert all(not p.requires_grad for n, p in model.named_parameters() if n.startswith("sam."))
+    trainer.fit()
+    after = dict(model.named_parameters())
+    for n, p in after.items():
+        if n.startswith("sam."):
+            assert torch.equal(p, before[n]), f"frozen {n} changed"
+    for part in ("clip.", "gpt.", "projector."):
+        assert any(not torch.equal(p, before[n]) for n, p in after.items() if n.startswith(part)), f"{part} unchanged"
+    lr, _ = lrs_and_losses(run)
+    # StepScheduler: x0.1 every 3 batches: batches 0-2 at 1e-3, batches 3-4 at 1e-4 (logged at t + 1).
+    assert sorted(lr) == [1, 2, 3, 4, 5]
+    for step, value in lr.items():
+        assert value == pytest.approx(1e-3 * 0.1 ** ((step - 1) // 3), rel=1e-6), (step, value)
+
+
+def test_nonfinite_loss_stops_the_run_and_keeps_the_last_checkpoint(mds, tmp_path):
+    run = tmp_path / "nan"
+    cfg = load_config(str(ROOT / "yamls/stage1.yaml"), shrink(run, mds / "vision") + [
+        "max_duration=20ba", "save_interval=1ba", "optimizer.lr=1e30", "algorithms={}",
+        "scheduler={name: constant_with_warmup, t_warmup: 0ba}", "eval_loader=null", "callbacks={nonfinite_guard: {}}"])
+    trainer, model, _ = build_trainer(cfg)
+    with pytest.raises(RuntimeError, match="not finite"):
+        trainer.fit()
+    from nanoocr.export import load_composer_state
+    ckpts = sorted((run / "ckpt").glob("ep*-ba*-rank0.pt"), key=lambda p: int(p.stem.split("-ba")[1].split("-")[0]))
+    assert ckpts, "no checkpoint was written before the non-finite loss"
+    state = load_composer_state(ckpts[-1])
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+@pytest.mark.slow
+def test_tier1_yaml_through_composer_launcher_then_export_and_sample(tmp_path):
+    run, data = tmp_path / "t1", tmp_path / "overfit10"
+    cmd = [COMPOSER, "recipes/train.py", "yamls/tier1_overfit.yaml", "max_duration=2ba", f"run_folder={run}",
+           f"variables.data_dir={data}", f"save_folder={run}/ckpt", "progress_bar=false",
+           "final_eval.max_new_tokens=6"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    lines = [x for x in out.stdout.splitlines() if x.startswith("exact_match: ")]
+    assert lines and lines[-1].endswith("/10"), out.stdout[-2000:]
+    summary = json.loads((run / "eval.json").read_text())
+    assert summary["summary"]["n"] == 10 and len(summary["samples"]) == 10
+    assert (data / "index.json").is_file() and (run / "config.yaml").is_file()
+
+    # export from the Composer checkpoint, then sample without Composer: same greedy text as the run's eval
+    export = tmp_path / "export"
+    ckpt = run / "ckpt" / "latest-rank0.pt"
+    out = subprocess.run([PY, "-m", "nanoocr.export", "--checkpoint", str(ckpt), "--config", str(run / "config.yaml"),
+                          "--out", str(export)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    from nanoocr.recipe import read_records
+    rec = read_records(str(data), limit=1)[0]
+    image = tmp_path / "page.png"
+    image.write_bytes(rec["image"])
+    probe = "import sys, nanoocr.sample; nanoocr.sample.main(sys.argv[1:]); print('composer' in sys.modules)"
+    out = subprocess.run([PY, "-c", probe, "--model", str(export), "--image", str(image), "--max-new-tokens", "6"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text, composer_imported = out.stdout.rsplit("\n", 2)[-3], out.stdout.rsplit("\n", 2)[-2]
+    assert composer_imported == "False"
+    assert text == summary["samples"][0]["pred"]
+
+
+@pytest.mark.slow
+def test_kill9_then_autoresume_matches_uninterrupted(mds, tmp_path):
+    base = ["yamls/tier1_overfit.yaml", f"variables.data_dir={mds / 'vision'}", "max_duration=6ba",
+            "device_train_batch_size=2", "train_loader.dataset.mode=tiny", "progress_bar=false", "final_eval=null",
+            "callbacks={sample_log: {}}", "save_interval=2ba", "autoresume=true"]
+
+    def args(name):
+        return [PY, "recipes/train.py", *base, f"run_name={name}", f"run_folder={tmp_path / name}",
+                f"save_folder={tmp_path / name / 'ckpt'}"]
+
+    ref = subprocess.run(args("ref"), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    proc = subprocess.Popen(args("killed"), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    ckpt = tmp_path / "killed" / "ckpt" / "ep0-ba4-rank0.pt"
+    deadline = time.time() + 600
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(0.5)  # let Composer finish writing the file it just created
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "the run never reached its batch-4 checkpoint"
+    resumed = subprocess.run(args("killed"), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _, want = lrs_and_losses(tmp_path / "ref")
+    rows = [json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    got = {}
+    for r in rows:  # the last value logged for a step wins (steps after the checkpoint ran twice)
+        if "loss/train/total" in r:
+            got[r["step"]] = r["loss/train/total"]
+    for step in (4, 5):  # the two batches after the batch-4 checkpoint
+        assert got[step] == want[step], (step, got[step], want[step])
+
+    def batches(run):
+        rows = [json.loads(x) for x in (tmp_path / run / "samples-rank0.jsonl").read_text().splitlines()]
+        return {r["step"]: r["ids"] for r in rows}
+    assert batches("killed")[4] == batches("ref")[4] and batches("killed")[5] == batches("ref")[5]
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_ranks_see_disjoint_samples(mds, tmp_path):
+    run = tmp_path / "ddp"
+    cmd = [COMPOSER, "-n", "2", "recipes/train.py", "yamls/tier1_overfit.yaml", f"variables.data_dir={mds / 'vision'}",
+           "max_duration=2ba", "device_train_batch_size=2", "train_loader.dataset.mode=tiny", "progress_bar=false",
+           "final_eval=null", "callbacks={sample_log: {}}", f"run_folder={run}"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    seen = []
+    for rank in (0, 1):
+        rows = [json.loads(x) for x in (run / f"samples-rank{rank}.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [0, 1]
+        seen.append([i for r in rows for i in r["ids"]])
+    assert len(seen[0]) == len(seen[1]) == 4
+    assert not set(seen[0]) & set(seen[1]), f"ranks overlap: {seen}"

@@ -1,0 +1,140 @@
+"""SAMEncoder vs transformers' SAM vision encoder (random weights, small configs, fp32).
+
+The HF model is the reference: weights go HF -> save_pretrained -> load_hf_sam -> ours, so the loader's
+rename table is tested at the same time. The small config has a 18x18 grid with window 4 (padding to 20)
+and one global block, so windowing, padding and both rel-pos table sizes are exercised."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import nanoocr.sam as sam_module
+from nanoocr.pretrained import load_hf_sam
+from nanoocr.sam import SAMConfig, SAMEncoder, get_rel_pos, resize_pos_embed
+
+transformers = pytest.importorskip("transformers")
+from transformers import SamVisionConfig  # noqa: E402
+from transformers.models.sam.modeling_sam import SamVisionEncoder, SamVisionModel  # noqa: E402
+
+GLOBAL = 1  # index of the global-attention block in the small config
+
+
+def hf_config(image_size=288):
+    return SamVisionConfig(hidden_size=64, output_channels=32, num_hidden_layers=3, num_attention_heads=2,
+                           image_size=image_size, patch_size=16, window_size=4, global_attn_indexes=[GLOBAL],
+                           attn_implementation="eager")  # eager = plain softmax(QK^T + bias) reference
+
+
+def small_config():
+    return SAMConfig(img_size=288, embed_dim=64, depth=3, num_heads=2, window_size=4, global_attn_indexes=(GLOBAL,),
+                     neck_dim=32, net2_dim=16, out_chans=24, pos_embed_grid=18)
+
+
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """HF inits rel-pos tables and pos_embed to zero and weights to ~1e-10: random values make the test bite."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if "norm" in name and name.endswith("weight"):
+                p.copy_(1.0 + 0.1 * noise)
+            elif "rel_pos" in name or "pos_embed" in name:
+                p.copy_(0.5 * noise)
+            else:
+                p.copy_(0.1 * noise)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def hf_sam():
+    return randomize(SamVisionModel(hf_config()))
+
+
+@pytest.mark.parametrize("layout", ["SamVisionModel", "SamVisionEncoder"])
+@pytest.mark.parametrize("chunk", [None, 3000])
+def test_matches_hf_sam(hf_sam, tmp_path, monkeypatch, layout, chunk):
+    if chunk:  # force the chunked-bias paths: windows over the batch dim, the global block over queries
+        monkeypatch.setattr(sam_module, "BIAS_CHUNK_ELEMENTS", chunk)
+    # SamVisionModel saves `vision_encoder.*` keys (as SamModel does); SamVisionEncoder saves bare keys.
+    (hf_sam if layout == "SamVisionModel" else hf_sam.vision_encoder).save_pretrained(tmp_path)
+    ours = SAMEncoder(small_config()).eval()
+    report = load_hf_sam(ours, tmp_path)
+    assert report.missing == ["net_2.weight", "net_3.weight"] and not report.unexpected, report.summary()
+
+    x = torch.randn(2, 3, 288, 288, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = hf_sam(x).last_hidden_state
+        out = ours.forward_neck(x)
+    assert out.shape == ref.shape == (2, 32, 18, 18)
+    assert (out - ref).abs().max().item() <= 1e-5
+
+    if chunk:  # training path (fresh bias per chunk): gradients must match too
+        w = torch.randn_like(ref)
+        (hf_sam(x).last_hidden_state * w).sum().backward()
+        (ours.forward_neck(x) * w).sum().backward()
+        hf_attn, our_attn = hf_sam.vision_encoder.layers[GLOBAL].attn, ours.blocks[GLOBAL].attn
+        pairs = [(our_attn.rel_pos_h.grad, hf_attn.rel_pos_h.grad), (our_attn.qkv.weight.grad, hf_attn.qkv.weight.grad),
+                 (ours.pos_embed.grad, hf_sam.vision_encoder.pos_embed.grad)]
+        for a, b in pairs:
+            assert (a - b).abs().max().item() <= 1e-4 * max(1.0, b.abs().max().item())
+        hf_sam.zero_grad(set_to_none=True)
+
+
+def test_other_input_size_resizes_tables(hf_sam, tmp_path):
+    """224 px on a 288 px model: pos_embed resized bicubic+antialias, global rel-pos tables interpolated.
+
+    HF only runs at its configured size, so the reference is an HF model configured for 224 whose
+    pos_embed is the F.interpolate resize of the 288 table (computed here) and whose global rel-pos
+    tables are the original 35-row ones (HF's own get_rel_pos interpolates them to 27 rows)."""
+    hf_sam.save_pretrained(tmp_path)
+    ours = SAMEncoder(small_config()).eval()
+    load_hf_sam(ours, tmp_path)
+    src = hf_sam.vision_encoder
+
+    table = src.pos_embed.detach()  # (1, 18, 18, 64)
+    expected = F.interpolate(table.permute(0, 3, 1, 2), size=(14, 14), mode="bicubic", antialias=True,
+                             align_corners=False).permute(0, 2, 3, 1)
+    assert torch.equal(resize_pos_embed(ours.pos_embed.detach(), (14, 14)), expected)
+
+    hf224 = SamVisionEncoder(hf_config(224)).eval()
+    state = {k: v for k, v in src.state_dict().items() if k != "pos_embed" and f"layers.{GLOBAL}.attn.rel_pos" not in k}
+    hf224.load_state_dict(state, strict=False)
+    hf224.pos_embed = nn.Parameter(expected.clone())
+    hf224.layers[GLOBAL].attn.rel_pos_h = nn.Parameter(src.layers[GLOBAL].attn.rel_pos_h.detach().clone())
+    hf224.layers[GLOBAL].attn.rel_pos_w = nn.Parameter(src.layers[GLOBAL].attn.rel_pos_w.detach().clone())
+
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = hf224(x).last_hidden_state
+        out = ours.forward_neck(x)
+        full = ours(x)
+    assert out.shape == ref.shape == (1, 32, 14, 14)
+    assert (out - ref).abs().max().item() <= 1e-5
+    assert full.shape == (1, 24, 4, 4)  # two stride-2 convs: ceil(14 / 4)
+
+
+def test_get_rel_pos_interpolates_linearly():
+    table = torch.randn(7, 4)  # offsets for a 4-long axis
+    same = get_rel_pos(4, 4, table)
+    assert torch.equal(same[0, 0], table[3]) and torch.equal(same[3, 0], table[6]) and torch.equal(same[0, 3], table[0])
+    grown = get_rel_pos(6, 6, table)  # needs 11 rows
+    ref = F.interpolate(table.T[None], size=11, mode="linear", align_corners=False)[0].T
+    assert torch.equal(grown[5, 0], ref[10]) and torch.equal(grown[2, 2], ref[5])
+
+
+def test_bad_input_shape_is_a_clear_error():
+    model = SAMEncoder(small_config())
+    with pytest.raises(AssertionError, match="multiple of the patch size"):
+        model(torch.randn(1, 3, 100, 96))
+    with pytest.raises(AssertionError, match="pixels"):
+        model(torch.randn(1, 1, 96, 96))
+
+
+def test_full_size_parameter_count():
+    with torch.device("meta"):
+        model = SAMEncoder(SAMConfig())
+    n = sum(p.numel() for p in model.parameters())
+    assert abs(n - 95.6e6) <= 0.5e6, n  # REFERENCE.md: 95.6M measured, net_2/net_3 included
+    assert tuple(model.pos_embed.shape) == (1, 64, 64, 768)
+    assert tuple(model.blocks[2].attn.rel_pos_h.shape) == (127, 64)  # global: 2 * 64 - 1 offsets
+    assert tuple(model.blocks[0].attn.rel_pos_h.shape) == (27, 64)  # window: 2 * 14 - 1
