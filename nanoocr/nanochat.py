@@ -79,7 +79,7 @@ def load_state_dict_checked(model, state_dict, strict=True, what="checkpoint"):
     return missing, unexpected
 
 
-def load_nanochat(checkpoint_dir, step=None, strict=True, **config_overrides):
+def load_nanochat_with_report(checkpoint_dir, step=None, strict=True, **config_overrides):
     """Build a GPT from a nanochat checkpoint directory -> (GPT on CPU, fp32; meta dict; LoadReport).
 
     config_overrides: e.g. attn_impl="triton" (fields nanochat's meta does not have)."""
@@ -98,6 +98,11 @@ def load_nanochat(checkpoint_dir, step=None, strict=True, **config_overrides):
     missing, unexpected = load_state_dict_checked(model, state_dict, strict, what=str(model_path))
     log.info("loaded %s (step %d): %s", model_path, step, config)
     return model, meta, LoadReport(step, missing, unexpected)
+
+
+def load_nanochat(checkpoint_dir, step=None, strict=True, **config_overrides):
+    """The GPT of a nanochat checkpoint directory (CPU, fp32); see load_nanochat_with_report."""
+    return load_nanochat_with_report(checkpoint_dir, step, strict, **config_overrides)[0]
 
 
 @torch.no_grad()
@@ -139,7 +144,7 @@ def extend_vocab(gpt, new_vocab_size, seed=0):
 def load_nanochat_into(model, checkpoint_dir, step=None, strict=True):
     """Initialize `model.gpt` (a NanoOCR's) from a nanochat checkpoint: load it, extend its vocabulary
     to the model's (new special tokens such as <|image|>), copy. Returns the LoadReport."""
-    gpt, _, report = load_nanochat(checkpoint_dir, step, strict)
+    gpt, _, report = load_nanochat_with_report(checkpoint_dir, step, strict)
     ours, theirs = model.gpt.config, gpt.config
     for name in ("n_layer", "n_head", "n_embd"):
         if getattr(ours, name) != getattr(theirs, name):

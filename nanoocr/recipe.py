@@ -326,21 +326,15 @@ def build_model(mcfg: dict, tokenizer):
     from nanoocr.vlm import NanoOCR
     gpt = dict(mcfg.get("gpt") or {})
     pre = mcfg.get("pretrained") or {}
-    if not pre.get("nanochat"):
-        gpt.setdefault("vocab_size", tokenizer.vocab_size)
+    gpt.setdefault("vocab_size", tokenizer.vocab_size)  # a nanochat checkpoint is extended to this size
     cfg = presets.build_config(mcfg.get("preset", "nano"), sam=mcfg.get("sam") or {}, clip=mcfg.get("clip") or {},
                                gpt=gpt, image_token_id=tokenizer.image_id, **(mcfg.get("vlm") or {}))
     if mcfg.get("activation_checkpointing"):
         cfg.activation_checkpointing = True
+    model = NanoOCR(cfg)
     if pre.get("nanochat"):
-        from nanoocr.nanochat import extend_vocab, load_nanochat
-        gpt_model = load_nanochat(pre["nanochat"], step=pre.get("nanochat_step"))
-        extend_vocab(gpt_model, tokenizer.vocab_size)
-        cfg.gpt = gpt_model.config
-        model = NanoOCR(cfg)
-        model.gpt = gpt_model
-    else:
-        model = NanoOCR(cfg)
+        from nanoocr.nanochat import load_nanochat_into
+        load_nanochat_into(model, pre["nanochat"], step=pre.get("nanochat_step"))
     from nanoocr import pretrained
     if pre.get("hf_sam"):
         pretrained.load_hf_sam(model.sam, pre["hf_sam"])

@@ -20,6 +20,14 @@ def _clean_streaming_shm():
     except Exception:  # streaming not importable: nothing to clean
         yield
         return
-    clean_stale_shared_memory()
+    # Streaming's cleanup unlinks every Streaming segment on the machine; a concurrent test run may have
+    # removed one first, which is harmless.
+    try:
+        clean_stale_shared_memory()
+    except FileNotFoundError:
+        pass
     yield
-    clean_stale_shared_memory()
+    try:
+        clean_stale_shared_memory()
+    except FileNotFoundError:
+        pass

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nanoocr.gpt import GPT, GPTConfig
-from nanoocr.nanochat import extend_vocab, load_nanochat
+from nanoocr.nanochat import extend_vocab, load_nanochat, load_nanochat_with_report
 
 MODEL_CONFIG = dict(sequence_len=32, vocab_size=61, n_layer=2, n_head=2, n_kv_head=2, n_embd=32)
 
@@ -36,14 +36,14 @@ def test_load_latest_step_same_logits(tmp_path):
     old, new = nanochat_model(0), nanochat_model(1)
     write_checkpoint(old, tmp_path, 100)
     write_checkpoint(new, tmp_path, 650)
-    model, meta, report = load_nanochat(tmp_path)
+    model, meta, report = load_nanochat_with_report(tmp_path)
     assert report.step == 650 and meta["step"] == 650 and not report.missing and not report.unexpected
     ids = torch.randint(0, 61, (2, 9))
     with torch.no_grad():
         model.transformer.wte.weight.copy_(new.transformer.wte.weight.bfloat16().float())
         new.transformer.wte.weight.copy_(model.transformer.wte.weight)
         assert torch.equal(model.eval()(ids), new(ids))
-    model100, _, _ = load_nanochat(tmp_path, step=100)
+    model100 = load_nanochat(tmp_path, step=100)
     assert torch.equal(model100.lm_head.weight, old.lm_head.weight)
 
 
@@ -57,7 +57,7 @@ def test_shape_mismatch_and_missing_keys_are_named(tmp_path):
     (tmp_path / "meta_000005.json").write_text(json.dumps({"model_config": MODEL_CONFIG}))
     with pytest.raises(ValueError, match=r"transformer\.h\.1\.mlp\.c_fc\.weight.*extra\.weight"):
         load_nanochat(tmp_path)
-    _, _, report = load_nanochat(tmp_path, strict=False)
+    _, _, report = load_nanochat_with_report(tmp_path, strict=False)
     assert report.missing == ["transformer.h.1.mlp.c_fc.weight", "transformer.h.1.mlp.c_proj.weight"]
     assert report.unexpected == ["extra.weight"]
 

@@ -68,7 +68,7 @@ def test_matches_hf_sam(hf_sam, tmp_path, monkeypatch, layout, chunk):
     assert out.shape == ref.shape == (2, 32, 18, 18)
     assert (out - ref).abs().max().item() <= 1e-5
 
-    if chunk:  # training path (fresh bias per chunk): gradients must match too
+    if chunk and layout == "SamVisionModel":  # training path (fresh bias per chunk): gradients must match too
         w = torch.randn_like(ref)
         (hf_sam(x).last_hidden_state * w).sum().backward()
         (ours.forward_neck(x) * w).sum().backward()

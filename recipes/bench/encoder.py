@@ -99,7 +99,11 @@ def main():
     print("|---|---|---|")
     for k, v in times.items():
         print(f"| {k} | {med[k]:.2f} | {', '.join(f'{t:.2f}' for t in v)} |")
-    print(f"\nratio nanoocr / transformers = {med['nanoocr'] / med['transformers']:.3f}  "
+    # On a shared machine the load drifts between runs; the median of the per-pair ratios (each pair
+    # ran back to back) is the steadier figure, the ratio of medians is shown too.
+    pairs = statistics.median(a / b for a, b in zip(times["nanoocr"], times["transformers"]))
+    print(f"\nratio nanoocr / transformers: {med['nanoocr'] / med['transformers']:.3f} (ratio of medians), "
+          f"{pairs:.3f} (median of per-pair ratios)  "
           f"(torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"HF attention: {hf_sam.config._attn_implementation} / {hf_clip.config._attn_implementation}, "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC)")
