@@ -4,9 +4,14 @@
 - cer:                    Levenshtein(pred, gt) / len(gt) (character error rate; can exceed 1).
 - edit_distance:          Levenshtein(pred, gt) / max(len(pred), len(gt))  (Fox / OmniDocBench text).
 - edit_distance_omnidoc:  the same after OmniDocBench's normalization of both sides: inline LaTeX turned
-                          into unicode, then only letters, digits and CJK characters kept.
-- fox precision/recall/F1: over the SETS of unique words (whitespace split; CJK text is split into single
-                          characters when jieba is not installed, with jieba when it is).
+                          into unicode, then only letters, digits and CJK characters kept (Unicode NFC
+                          first, so a decomposed "e\u0301" counts as the letter "é", not "e" + a dropped mark;
+                          case is kept, as OmniDocBench keeps it).
+- fox precision/recall/F1: over the SETS of unique words (whitespace split; CJK runs are segmented with
+                          jieba when it is installed, else into single characters; Latin runs glued to
+                          CJK stay whole words: "GPT模型" → {"GPT", "模", "型"}).
+
+Lengths are in Unicode code points (Python `len`), so an emoji with a skin-tone modifier counts as two.
 
 Edit distances come from rapidfuzz (C++), not a hand-written DP.
 """
@@ -60,6 +65,7 @@ def _is_cjk(ch: str) -> bool:
 def normalize_omnidoc(text: str) -> str:
     """Inline LaTeX → unicode, then keep only letters, digits and CJK characters."""
     text = _INLINE_MATH.sub(lambda m: _latex_to_unicode(m.group(1) or m.group(2)), text)
+    text = unicodedata.normalize("NFC", text)
     # Unicode categories L* (letters) and N* (digits/numbers); CJK ideographs are category Lo already.
     return "".join(ch for ch in text if unicodedata.category(ch)[0] in "LN" or _is_cjk(ch))
 
@@ -68,17 +74,32 @@ def edit_distance_omnidoc(pred: str, gt: str) -> float:
     return edit_distance(normalize_omnidoc(pred), normalize_omnidoc(gt))
 
 
+def _split_cjk(token: str) -> list[str]:
+    """Runs of CJK / non-CJK characters: "GPT模型" → ["GPT", "模型"]."""
+    runs: list[str] = []
+    for ch in token:
+        if runs and _is_cjk(ch) == _is_cjk(runs[-1][-1]):
+            runs[-1] += ch
+        else:
+            runs.append(ch)
+    return runs
+
+
 def _words(text: str) -> set[str]:
     words = set()
     for token in text.split():
-        if any(_is_cjk(ch) for ch in token):
+        if not any(_is_cjk(ch) for ch in token):
+            words.add(token)
+            continue
+        for run in _split_cjk(token):
+            if not _is_cjk(run[0]):
+                words.add(run)
+                continue
             try:  # Fox segments Chinese with jieba; without it, single characters are the honest fallback
                 import jieba
-                words.update(w for w in jieba.lcut(token) if w.strip())
+                words.update(w for w in jieba.lcut(run) if w.strip())
             except ImportError:
-                words.update(token)
-        else:
-            words.add(token)
+                words.update(run)
     return words
 
 

@@ -1,0 +1,192 @@
+"""Evaluate an exported model on an OCR eval set: per-sample results and a summary (no Composer import).
+
+    python -m nanoocr.evaluate --model DIR --data SPEC --out DIR [--mode M] [--batch-size B]
+        [--max-new-tokens N] [--limit N] [--device cpu|cuda]
+
+--model  a folder written by `nanoocr.export` (or a run's `export/`, e.g. runs/tier1_overfit/export)
+--data   an MDS folder (holds index.json, as written by `nanoocr.convert_to_mds` / `nanoocr.pages`), or
+         a JSONL of unified conversations whose `image` paths are relative to the JSONL's folder
+
+Writes into --out:
+    per_sample.jsonl   {"id", "pred", "gt", <every metric>} per evaluated sample, in data order
+    skipped.jsonl      {"id", "reason"} per record that could not be evaluated
+    summary.json       the mean of every metric (nanoocr.metrics) over samples, `n`, and the counts
+                       read = n + skipped
+    summary.md         the same as a Markdown table (also printed)
+
+Notable features:
+- every record passes `nanoocr.records.validate_record` (JSONL image paths resolved inside the data
+  root: `../` escapes are refused); a record without an image, without an assistant answer, or that fails
+  validation is SKIPPED WITH ITS REASON, counted and listed, never silently dropped;
+- the sample's prompt is its first user message, the ground truth the assistant message answering it
+  (a leading system message is not part of OCR prompts and is left out; later turns are not scored);
+- batched greedy generation (`nanoocr.transcribe.evaluate_records`), one tqdm step per batch;
+- exit code 0 when the evaluation ran, 1 when nothing could be evaluated, 2 for usage errors.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+METRICS = ["exact_match", "cer", "edit_distance", "edit_distance_omnidoc", "fox_precision", "fox_recall", "fox_f1"]
+# Which direction is better, for the table: readers should not have to remember that CER is an error rate.
+LOWER_IS_BETTER = {"cer", "edit_distance", "edit_distance_omnidoc"}
+
+
+def read_mds(local: str | Path, limit: int | None = None) -> list[dict]:
+    """Raw rows of a local MDS folder, in index order: {"id", "source", "messages", "image": bytes | None}.
+
+    Same reading as `nanoocr.recipe.read_records`, kept here so that evaluating does not import Composer.
+    Compressed shards are decompressed next to themselves first, as StreamingDataset does locally."""
+    from streaming import LocalDataset
+    from streaming.base.compression import decompress
+    local = Path(local)
+    index = json.loads((local / "index.json").read_text())
+    for shard in index["shards"]:
+        raw, zipped = local / shard["raw_data"]["basename"], shard.get("zip_data")
+        if not raw.exists() and zipped:
+            tmp = raw.with_suffix(raw.suffix + ".tmp")
+            tmp.write_bytes(decompress(shard["compression"], (local / zipped["basename"]).read_bytes()))
+            tmp.rename(raw)  # atomic: a concurrent reader never sees half a shard
+    ds = LocalDataset(local=str(local))
+    n = len(ds) if limit is None else min(limit, len(ds))
+    rows = []
+    for i in range(n):
+        row = ds[i]
+        rows.append({"id": row["id"], "source": row.get("source", ""), "messages": row["messages"],
+                     "image": row["image"] or None})
+    return rows
+
+
+def load_records(spec: str, limit: int | None = None) -> tuple[list[dict], Path | None]:
+    """(raw records, data root for relative image paths) of an MDS folder or a JSONL; ValueError if neither."""
+    path = Path(spec)
+    if path.is_dir():
+        if not (path / "index.json").is_file():
+            raise ValueError(f"{spec}: a folder but not an MDS dataset (no index.json)")
+        return read_mds(path, limit), None
+    if path.suffix == ".jsonl":
+        if not path.is_file():
+            raise ValueError(f"{spec}: no such file")
+        import itertools
+
+        from nanoocr.convert_to_mds import jsonl_records
+        return list(itertools.islice(jsonl_records(path), limit)), path.parent
+    raise ValueError(f"{spec}: expected an MDS folder (with index.json) or a .jsonl file")
+
+
+def ocr_pair(record: dict, data_root: Path | None) -> dict:
+    """The record reduced to (first user turn, its answer) with image bytes, or ValueError(reason)."""
+    from nanoocr.records import validate_record
+    rec = validate_record(record, data_root)  # RecordError (a ValueError) names the problem
+    if rec["image"] is None:
+        raise ValueError("no image (a text-only conversation has nothing to transcribe)")
+    turns = [m for m in rec["messages"] if m["role"] != "system"]
+    # validate_record guarantees user/assistant alternation ending with the assistant, so turns[1] exists.
+    return {"id": rec["id"], "image": rec["image"], "messages": turns[:2]}
+
+
+def split_records(records: list[dict], data_root: Path | None) -> tuple[list[dict], list[dict]]:
+    """(evaluable OCR pairs, skipped [{"id", "reason"}]); every record lands in exactly one list."""
+    keep, skipped = [], []
+    for i, rec in enumerate(records):
+        rid = str(rec.get("id") or f"#{i}") if isinstance(rec, dict) else f"#{i}"
+        try:
+            keep.append(ocr_pair(rec, data_root))
+        except ValueError as e:
+            skipped.append({"id": rid, "reason": str(e)})
+    ids = [r["id"] for r in keep]
+    if len(set(ids)) != len(ids):  # evaluate_records re-orders rows by id: duplicates would be ambiguous
+        raise ValueError(f"duplicate record ids in the eval set: {sorted({i for i in ids if ids.count(i) > 1})[:5]}")
+    return keep, skipped
+
+
+def evaluate(model, tokenizer, pairs: list[dict], mode: str, batch_size: int, max_new_tokens: int) -> list[dict]:
+    """Per-sample rows {"id", "pred", "gt", metrics...}, generated `batch_size` images at a time."""
+    from tqdm import tqdm
+
+    from nanoocr.transcribe import evaluate_records
+    rows = []
+    for start in tqdm(range(0, len(pairs), batch_size), unit="batch", desc="evaluate", file=sys.stderr):
+        _, chunk_rows = evaluate_records(model, tokenizer, pairs[start:start + batch_size], mode=mode,
+                                         max_new_tokens=max_new_tokens, batch_size=batch_size)
+        rows += chunk_rows
+    return rows
+
+
+def markdown_table(summary: dict) -> str:
+    lines = ["| metric | value | better |", "|---|---:|:---:|"]
+    for k in METRICS:
+        lines.append(f"| {k} | {summary[k]:.4f} | {'lower' if k in LOWER_IS_BETTER else 'higher'} |")
+    k_exact = int(round(summary["exact_match"] * summary["n"]))
+    lines += ["", f"n = {summary['n']} evaluated ({k_exact}/{summary['n']} exact), {summary['skipped']} skipped, "
+                  f"{summary['read']} read; mode {summary['mode']}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(out: Path, rows: list[dict], skipped: list[dict], summary: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "per_sample.jsonl", "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    with open(out / "skipped.jsonl", "w", encoding="utf-8") as f:
+        for row in skipped:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.md").write_text(markdown_table(summary))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m nanoocr.evaluate", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True, help="folder written by nanoocr.export")
+    ap.add_argument("--data", required=True, help="MDS folder (index.json) or unified-conversation .jsonl")
+    ap.add_argument("--out", required=True, help="output folder for per_sample.jsonl, summary.json, summary.md")
+    ap.add_argument("--mode", help="image mode (default: the mode the model was trained with)")
+    ap.add_argument("--batch-size", type=int, default=8, help="images per generate call")
+    ap.add_argument("--max-new-tokens", type=int, default=512)
+    ap.add_argument("--limit", type=int, default=None, help="read at most N records")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    args = ap.parse_args(argv)
+    if args.batch_size < 1 or args.max_new_tokens < 1 or (args.limit is not None and args.limit < 0):
+        ap.error("--batch-size and --max-new-tokens must be >= 1, --limit >= 0")
+    from nanoocr.images import MODES
+    if args.mode is not None and args.mode not in MODES:
+        ap.error(f"--mode {args.mode!r}: expected one of {sorted(MODES)}")
+    if not Path(args.model).is_dir():
+        ap.error(f"--model {args.model}: no such folder")
+    try:
+        records, root = load_records(args.data, args.limit)
+        pairs, skipped = split_records(records, root)
+    except ValueError as e:
+        ap.error(f"--data {e}")
+
+    import torch
+
+    from nanoocr.export import load_model
+    from nanoocr.metrics import summarize
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer, meta = load_model(args.model, device=device)
+    mode = args.mode or meta.get("mode", "base")
+    for s in skipped:
+        print(f"[skip] {s['id']}: {s['reason']}", file=sys.stderr)
+    t0 = time.time()
+    rows = evaluate(model, tokenizer, pairs, mode, args.batch_size, args.max_new_tokens)
+    summary = {**summarize(rows), "skipped": len(skipped), "read": len(records), "mode": mode,
+               "model": str(args.model), "data": str(args.data), "max_new_tokens": args.max_new_tokens,
+               "seconds": round(time.time() - t0, 2)}
+    assert summary["read"] == summary["n"] + summary["skipped"], f"count mismatch: {summary}"
+    write_outputs(Path(args.out), rows, skipped, summary)
+    print(markdown_table(summary), end="")
+    print(f"exact_match: {int(round(summary['exact_match'] * summary['n']))}/{summary['n']}")
+    print(f"wrote {args.out}/per_sample.jsonl, summary.json, summary.md", file=sys.stderr)
+    if not rows:
+        print("error: no record could be evaluated (see skipped.jsonl)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
