@@ -36,12 +36,15 @@ from __future__ import annotations
 
 import collections
 import functools
+import json
 import logging
 import os
+from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
-from streaming import Stream, StreamingDataLoader, StreamingDataset
+from streaming import LocalDataset, Stream, StreamingDataLoader, StreamingDataset
+from streaming.base.compression import decompress
 
 from nanoocr.images import MODES
 from nanoocr.processing import LOSS_POLICIES, OVERFLOW_POLICIES, SampleError, process_sample
@@ -372,3 +375,25 @@ def build_dataloader(cfg, tokenizer, device_batch_size: int) -> OCRDataLoader:
         drop_last=cfg.get("drop_last", True),
         timeout=cfg.get("timeout", 0),
     )
+
+
+def read_mds(local: str | Path, limit: int | None = None) -> list[dict]:
+    """Raw unified records of a local MDS folder, in index order (for tokenizer training and evals).
+
+    Compressed shards are decompressed next to themselves first, as StreamingDataset does when it reads
+    a local folder, so that streaming.LocalDataset can read them."""
+    index = json.loads((Path(local) / "index.json").read_text())
+    for shard in index["shards"]:
+        raw, zipped = Path(local) / shard["raw_data"]["basename"], shard.get("zip_data")
+        if not raw.exists() and zipped:
+            tmp = raw.with_suffix(raw.suffix + ".tmp")
+            tmp.write_bytes(decompress(shard["compression"], (Path(local) / zipped["basename"]).read_bytes()))
+            tmp.rename(raw)  # atomic: a concurrent reader never sees half a shard
+    ds = LocalDataset(local=str(local))
+    n = len(ds) if limit is None else min(limit, len(ds))
+    rows = []
+    for i in range(n):
+        row = ds[i]
+        rows.append({"id": row["id"], "source": row.get("source", ""), "messages": row["messages"],
+                     "image": row["image"] or None})
+    return rows

@@ -31,34 +31,11 @@ import sys
 import time
 from pathlib import Path
 
+from nanoocr.data import read_mds
+
 METRICS = ["exact_match", "cer", "edit_distance", "edit_distance_omnidoc", "fox_precision", "fox_recall", "fox_f1"]
 # Which direction is better, for the table: readers should not have to remember that CER is an error rate.
 LOWER_IS_BETTER = {"cer", "edit_distance", "edit_distance_omnidoc"}
-
-
-def read_mds(local: str | Path, limit: int | None = None) -> list[dict]:
-    """Raw rows of a local MDS folder, in index order: {"id", "source", "messages", "image": bytes | None}.
-
-    Same reading as `nanoocr.recipe.read_records`, kept here so that evaluating does not import Composer.
-    Compressed shards are decompressed next to themselves first, as StreamingDataset does locally."""
-    from streaming import LocalDataset
-    from streaming.base.compression import decompress
-    local = Path(local)
-    index = json.loads((local / "index.json").read_text())
-    for shard in index["shards"]:
-        raw, zipped = local / shard["raw_data"]["basename"], shard.get("zip_data")
-        if not raw.exists() and zipped:
-            tmp = raw.with_suffix(raw.suffix + ".tmp")
-            tmp.write_bytes(decompress(shard["compression"], (local / zipped["basename"]).read_bytes()))
-            tmp.rename(raw)  # atomic: a concurrent reader never sees half a shard
-    ds = LocalDataset(local=str(local))
-    n = len(ds) if limit is None else min(limit, len(ds))
-    rows = []
-    for i in range(n):
-        row = ds[i]
-        rows.append({"id": row["id"], "source": row.get("source", ""), "messages": row["messages"],
-                     "image": row["image"] or None})
-    return rows
 
 
 def load_records(spec: str, limit: int | None = None) -> tuple[list[dict], Path | None]:

@@ -21,6 +21,8 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig
 from omegaconf import OmegaConf as om
 
+from nanoocr.data import read_mds
+
 log = logging.getLogger("nanoocr")
 
 
@@ -42,7 +44,7 @@ TOP_KEYS = {
 MODEL_KEYS = {"preset", "sam", "clip", "gpt", "vlm", "pretrained", "activation_checkpointing"}
 PRETRAINED_KEYS = {"hf_sam", "hf_clip", "nanochat", "nanochat_step", "deepseek"}
 TOKENIZER_KEYS = {"path", "kind", "train_vocab_size"}
-BUILD_DATA_KEYS = {"input", "out", "max_side", "workers"}
+BUILD_DATA_KEYS = {"input", "pages", "out", "max_side", "workers", "max_pages", "val_fraction"}
 FINAL_EVAL_KEYS = {"data", "mode", "max_new_tokens", "limit", "export"}
 
 
@@ -264,43 +266,30 @@ def _is_rank0() -> bool:
 
 
 def build_data(items: list[dict]) -> None:
-    """Converts sources to MDS when the output folder has no index.json yet (rank 0; others wait)."""
-    for item in items or []:
-        out = item["out"]
-        if not (Path(out) / "index.json").exists() and _is_rank0():
-            from nanoocr.convert_to_mds import main as convert
-            args = ["--input", item["input"], "--out", out]
-            if item.get("max_side"):
-                args += ["--max-side", str(item["max_side"])]
-            if item.get("workers"):
-                args += ["--workers", str(item["workers"])]
-            print(f"[nanoocr] building {out} from {item['input']}", flush=True)
-            convert(args)
+    """Builds each data set whose output is missing (rank 0; the others wait).
+
+    `{input: SPEC, out: DIR}` runs convert_to_mds on a source spec; `{pages: PDF_DIR, out: DIR}` runs the
+    real-page builder (nanoocr.pages: text-dominant pages, split by document into DIR/train and DIR/val)."""
+    for i, item in enumerate(items or []):
+        if ("input" in item) == ("pages" in item):
+            raise ConfigError(f"build_data[{i}] needs exactly one of 'input' (a source spec) or 'pages' (a PDF folder)")
+        out = Path(item["out"])
+        done = (out / "train" / "index.json") if "pages" in item else (out / "index.json")
+        if not done.exists() and _is_rank0():
+            if "pages" in item:
+                from nanoocr.pages import main as build
+                args = ["--pdf-dir", item["pages"], "--out", str(out)]
+                args += ["--max-pages", str(item["max_pages"])] if item.get("max_pages") else []
+                args += ["--val-fraction", str(item["val_fraction"])] if item.get("val_fraction") else []
+            else:
+                from nanoocr.convert_to_mds import main as build
+                args = ["--input", item["input"], "--out", str(out)]
+                args += ["--max-side", str(item["max_side"])] if item.get("max_side") else []
+            args += ["--workers", str(item["workers"])] if item.get("workers") else []
+            print(f"[nanoocr] building {out} from {item.get('input') or 'pages:' + item['pages']}", flush=True)
+            if build(args) not in (0, None):
+                raise RuntimeError(f"build_data[{i}]: building {out} failed (see the messages above)")
         _barrier()
-
-
-def read_records(local: str, limit: int | None = None) -> list[dict]:
-    """Raw unified records of a local MDS folder, in index order (for tokenizer training and evals).
-
-    Compressed shards are decompressed next to themselves first, as StreamingDataset does when it reads
-    a local folder, so that streaming.LocalDataset can read them."""
-    from streaming import LocalDataset
-    from streaming.base.compression import decompress
-    index = json.loads((Path(local) / "index.json").read_text())
-    for shard in index["shards"]:
-        raw, zipped = Path(local) / shard["raw_data"]["basename"], shard.get("zip_data")
-        if not raw.exists() and zipped:
-            tmp = raw.with_suffix(raw.suffix + ".tmp")
-            tmp.write_bytes(decompress(shard["compression"], (Path(local) / zipped["basename"]).read_bytes()))
-            tmp.rename(raw)  # atomic: a concurrent reader never sees half a shard
-    ds = LocalDataset(local=local)
-    n = len(ds) if limit is None else min(limit, len(ds))
-    rows = []
-    for i in range(n):
-        row = ds[i]
-        rows.append({"id": row["id"], "source": row.get("source", ""), "messages": row["messages"],
-                     "image": row["image"] or None})
-    return rows
 
 
 def build_tokenizer(tcfg: dict, run_folder: str, train_dirs: list[str]):
@@ -312,7 +301,7 @@ def build_tokenizer(tcfg: dict, run_folder: str, train_dirs: list[str]):
     # No tokenizer given: train a small BPE on the training texts (Tier-1 trains everything from scratch).
     out = Path(run_folder) / "tokenizer"
     if not (out / "tokenizer.json").exists() and _is_rank0():
-        texts = [m["content"] for d in train_dirs for r in read_records(d) for m in r["messages"]]
+        texts = [m["content"] for d in train_dirs for r in read_mds(d) for m in r["messages"]]
         tok = Tokenizer.train_from_iterator(texts, vocab_size=tcfg.get("train_vocab_size", 512))
         tok.save(out)
         print(f"[nanoocr] trained a {tok.vocab_size}-token BPE on {len(texts)} texts → {out}", flush=True)
@@ -354,7 +343,7 @@ def build_loader(lcfg: dict, tokenizer, batch_size: int):
 def final_eval(ecfg: dict, model, tokenizer, run_folder: str, mode: str) -> dict:
     """Greedy-transcribe every record of an MDS folder; one line per sample, then `exact_match: K/N`."""
     from nanoocr.transcribe import evaluate_records
-    records = [r for r in read_records(ecfg["data"], ecfg.get("limit")) if r["image"]]
+    records = [r for r in read_mds(ecfg["data"], ecfg.get("limit")) if r["image"]]
     summary, rows = evaluate_records(model, tokenizer, records, mode=ecfg.get("mode", mode),
                                      max_new_tokens=ecfg.get("max_new_tokens", 64))
     for row in rows:
@@ -411,12 +400,12 @@ def build_trainer(cfg: dict):
 
     def probe_images(n):
         from nanoocr.images import image_views, open_image
-        recs = [r for d in train_dirs for r in read_records(d, limit=n) if r["image"]][:n]
+        recs = [r for d in train_dirs for r in read_mds(d, limit=n) if r["image"]][:n]
         return torch.stack([image_views(open_image(r["image"]), mode).global_view for r in recs])
 
     def heldout(n):
         src = _streams((cfg.get("eval_loader") or cfg["train_loader"])["dataset"])[0][1]["local"]
-        return [r for r in read_records(src, limit=4 * n) if r["image"]][:n]
+        return [r for r in read_mds(src, limit=4 * n) if r["image"]][:n]
 
     ctx = {"tokenizer": tokenizer, "run_folder": run_folder, "mode": mode, "measure_peak": measure_matmul_peak,
            "probe_images": probe_images, "heldout": heldout}

@@ -53,10 +53,12 @@ def transcribe(model, tokenizer, images: list, prompt: str = DEFAULT_PROMPT, mod
 def evaluate_records(model, tokenizer, records: list[dict], mode: str = "base", max_new_tokens: int = 512,
                      batch_size: int = 8, **kwargs) -> tuple[dict, list[dict]]:
     """Transcribe unified records (image + user prompt) and score against the assistant answer."""
-    prompts = {r["messages"][0]["content"] for r in records}
+    def prompt_of(r):  # the first user turn (a leading system message is not part of the image prompt)
+        return next(m["content"] for m in r["messages"] if m["role"] == "user")
+
     rows = []
-    for prompt in sorted(prompts):  # one generate batch shape per prompt text
-        group = [r for r in records if r["messages"][0]["content"] == prompt]
+    for prompt in sorted({prompt_of(r) for r in records}):  # one generate call shape per prompt text
+        group = [r for r in records if prompt_of(r) == prompt]
         preds = transcribe(model, tokenizer, [r["image"] for r in group], prompt=prompt, mode=mode,
                            max_new_tokens=max_new_tokens, batch_size=batch_size, **kwargs)
         for r, pred in zip(group, preds):

@@ -75,7 +75,7 @@ def test_evaluate_mds_folder(setup, tmp_path):
 
 
 def test_evaluate_jsonl_reports_skips(setup, tmp_path):
-    from nanoocr.evaluate import read_mds
+    from nanoocr.data import read_mds
     recs = read_mds(setup / "mds", limit=3)
     data = tmp_path / "data"
     (data / "img").mkdir(parents=True)
