@@ -369,6 +369,10 @@ def build_trainer(cfg: dict):
 
     logging.basicConfig(level=cfg.get("python_log_level", "INFO").upper(),
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    from composer.utils import dist, get_device
+    device = cfg.get("device") or ("gpu" if torch.cuda.is_available() else "cpu")
+    # Data building and tokenizer training below synchronize ranks before the Trainer exists.
+    dist.initialize_dist(get_device(device), timeout=cfg.get("dist_timeout", 300.0))
     run_name = cfg.get("run_name", "nanoocr")
     run_folder = cfg.get("run_folder") or os.path.join("runs", run_name)
     seed = cfg.get("seed", 17)
@@ -412,7 +416,6 @@ def build_trainer(cfg: dict):
     callbacks = [CALLBACKS[n](ctx, **(kw or {})) for n, kw in (cfg.get("callbacks") or {}).items()]
     loggers = [LOGGERS[n](ctx, **(kw or {})) for n, kw in (cfg.get("loggers") or {}).items()]
 
-    device = cfg.get("device") or ("gpu" if torch.cuda.is_available() else "cpu")
     parallelism = None
     if cfg.get("fsdp_config") and device == "gpu":
         parallelism = {"fsdp": cfg["fsdp_config"]}
@@ -426,7 +429,9 @@ def build_trainer(cfg: dict):
         parallelism_config=parallelism, seed=seed,
         save_folder=cfg.get("save_folder"), save_interval=cfg.get("save_interval", "1ep"),
         save_num_checkpoints_to_keep=cfg.get("save_num_checkpoints_to_keep", -1),
-        save_overwrite=cfg.get("save_overwrite", False), autoresume=cfg.get("autoresume", False),
+        # A crash between writing a checkpoint and moving `latest` to it leaves a file newer than the one
+        # autoresume loads; resuming must be allowed to overwrite it, so autoresume implies overwrite.
+        save_overwrite=cfg.get("save_overwrite", cfg.get("autoresume", False)), autoresume=cfg.get("autoresume", False),
         load_path=cfg.get("load_path"), load_weights_only=cfg.get("load_weights_only", False),
         progress_bar=cfg.get("progress_bar", True), log_to_console=cfg.get("log_to_console", False),
         console_log_interval=cfg.get("console_log_interval", "1ba"), dist_timeout=cfg.get("dist_timeout", 300.0),
