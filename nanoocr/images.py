@@ -212,7 +212,7 @@ def padded_box(w: int, h: int, side: int) -> tuple[int, int, int, int]:
 
 @dataclass
 class ImageViews:
-    global_view: "torch.Tensor"  # (3, S, S) float in [-1, 1]  # noqa: F821
+    global_view: "torch.Tensor"  # (3, S, S) float in [-1, 1] (uint8 0..255 with normalize=False)  # noqa: F821
     crops: "torch.Tensor | None"  # (n, 3, 640, 640) row-major tiles, None without crops  # noqa: F821
     tiles: tuple[int, int]  # (w_tiles, h_tiles); (1, 1) when no crops
     tokens: int  # image positions this image takes in the sequence
@@ -238,12 +238,17 @@ def to_tensor(img: Image.Image):
     return _normalize(_pil_to_uint8(img))
 
 
-def image_views(img: Image.Image, mode: str, min_crops: int = 2, max_crops: int = 6) -> ImageViews:
-    """All pixel tensors the encoder needs for one RGB image in `mode`."""
+def image_views(img: Image.Image, mode: str, min_crops: int = 2, max_crops: int = 6,
+                normalize: bool = True) -> ImageViews:
+    """All pixel tensors the encoder needs for one RGB image in `mode`.
+
+    normalize=False keeps the views uint8 (0..255): loader workers ship them 4x smaller and
+    NanoOCR.encode_views normalizes them on the device with the same ops, bit for bit."""
     assert mode in MODES, f"unknown image mode {mode!r}; expected one of {sorted(MODES)}"
     assert img.mode == "RGB", f"image_views expects an RGB image (use open_image), got mode {img.mode}"
     base_size, image_size, crop = MODES[mode]
-    global_view = to_tensor(global_view_image(img, mode))  # (3, S, S)
+    finish = _normalize if normalize else (lambda t: t.contiguous())
+    global_view = finish(_pil_to_uint8(global_view_image(img, mode)))  # (3, S, S)
     tiles, crops = (1, 1), None
     if crop:
         tiles = gundam_tiles(img.width, img.height, min_crops, max_crops)
@@ -255,6 +260,6 @@ def image_views(img: Image.Image, mode: str, min_crops: int = 2, max_crops: int 
         tiles_u8 = (big.view(3, h_tiles, image_size, w_tiles, image_size)
                     .permute(1, 3, 0, 2, 4)
                     .reshape(h_tiles * w_tiles, 3, image_size, image_size))  # (n, 3, 640, 640) uint8
-        crops = _normalize(tiles_u8)
+        crops = finish(tiles_u8)
     tokens = count_tokens(mode, tiles=tiles)
     return ImageViews(global_view=global_view, crops=crops, tiles=tiles, tokens=tokens)

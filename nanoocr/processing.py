@@ -68,7 +68,7 @@ def _load_image(image, max_pixels: int) -> Image.Image:
 
 def process_sample(record: dict, tokenizer: Tokenizer, mode: str = "base", loss: str = "all_text",
                    max_seq_len: int = 4096, min_crops: int = 2, max_crops: int = 6,
-                   overflow: str = "truncate", max_pixels: int = MAX_PIXELS) -> dict:
+                   overflow: str = "truncate", max_pixels: int = MAX_PIXELS, normalize: bool = True) -> dict:
     """Unified record {"id", "messages", "image"} -> {"id", "input_ids", "targets", "image", "crops", "tiles"}.
 
     input_ids/targets: (L,) long with L <= max_seq_len; image: (3, S, S) or None; crops: (n, 3, 640, 640)
@@ -85,7 +85,7 @@ def process_sample(record: dict, tokenizer: Tokenizer, mode: str = "base", loss:
         ids, mask = tokenizer.render_conversation(record["messages"])
         views = None
         if has_image:
-            views = image_views(_load_image(image, max_pixels), mode, min_crops, max_crops)
+            views = image_views(_load_image(image, max_pixels), mode, min_crops, max_crops, normalize)
             ids, mask = _expand_image(ids, mask, tokenizer.image_id, views.tokens)
         ids, mask = _fit(ids, mask, tokenizer.image_id, max_seq_len, overflow)
     except (ImageError, ValueError) as e:  # SampleError is a ValueError too: prefix the record once

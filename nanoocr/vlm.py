@@ -111,7 +111,12 @@ class NanoOCR(nn.Module):
         self.gpt.init_weights()
 
     def encode_views(self, pixels):
-        """(B, 3, S, S) -> (B, nq*nq, n_embd) projected vision vectors of square views, row-major."""
+        """(B, 3, S, S) -> (B, nq*nq, n_embd) projected vision vectors of square views, row-major.
+
+        Pixels are floats in [-1, 1], or uint8 0..255 (what the data loader ships), normalized here with
+        the ops of images.to_tensor (ToTensor + Normalize(0.5, 0.5)), so both give the same result."""
+        if pixels.dtype == torch.uint8:
+            pixels = pixels.float().div_(255).sub_(0.5).div_(0.5)
         pixels = pixels.to(self.projector.weight.dtype)
         sam_out = self.sam(pixels)  # (B, Cs, nq, nq)
         clip_out = self.clip(sam_out)  # (B, 1 + nq*nq, Cc)

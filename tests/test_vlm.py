@@ -161,3 +161,21 @@ def test_activation_checkpointing_same_gradients():
     assert grads[0].keys() == grads[1].keys() and "sam.blocks.0.attn.qkv.weight" in grads[0]
     for n in grads[0]:
         assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6), n
+
+
+def test_uint8_views_from_the_loader_encode_exactly_like_float_views(model):
+    # The loader ships uint8 views (normalize=False); encode_views normalizes them on the device. The
+    # float path (images.to_tensor = ToTensor + Normalize(0.5, 0.5)) must give bit-identical vectors.
+    from PIL import Image, ImageDraw
+
+    from nanoocr.images import image_views
+    img = Image.new("RGB", (1500, 700), "white")
+    ImageDraw.Draw(img).text((40, 300), "uint8 views", fill=(10, 40, 200))
+    f = image_views(img, "gundam", max_crops=6)
+    u = image_views(img, "gundam", max_crops=6, normalize=False)
+    assert u.global_view.dtype == torch.uint8 and u.crops.dtype == torch.uint8 and u.tiles == f.tiles
+    assert torch.equal(u.global_view.float().div(255).sub(0.5).div(0.5), f.global_view)
+    with torch.no_grad():
+        a = model.encode_images(f.global_view[None], f.crops, torch.tensor([f.tiles]))
+        b = model.encode_images(u.global_view[None], u.crops, torch.tensor([u.tiles]))
+    assert torch.equal(a, b)
