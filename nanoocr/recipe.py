@@ -229,8 +229,9 @@ def _sample_log(ctx):
     return SampleLog(ctx["run_folder"])
 
 
-CALLBACKS = {"sample_log": _sample_log, "speed_monitor": _speed_monitor, "lr_monitor": _lr_monitor, "vision_collapse": _vision_collapse,
-             "generation_eval": _generation_eval, "loss_curve": _loss_curve, "nonfinite_guard": _nonfinite_guard}
+CALLBACKS = {"sample_log": _sample_log, "speed_monitor": _speed_monitor, "lr_monitor": _lr_monitor,
+             "vision_collapse": _vision_collapse, "generation_eval": _generation_eval, "loss_curve": _loss_curve,
+             "nonfinite_guard": _nonfinite_guard}
 
 
 def _jsonl(ctx, filename="metrics.jsonl"):
