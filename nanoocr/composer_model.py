@@ -63,12 +63,8 @@ class ComposerNanoOCR(ComposerModel):
         metric.update(outputs, batch["targets"])
 
     def flops_per_batch(self, batch: dict) -> float:
-        gcfg = self.model.config.gpt
-        n_params = sum(p.numel() for p in self.model.gpt.parameters())
-        n_params -= self.model.gpt.transformer.wte.weight.numel()  # a lookup, not a matmul
         B, T = batch["ids"].shape
-        head_dim = gcfg.n_embd // gcfg.n_head
-        gpt = (6 * n_params + 12 * gcfg.n_layer * gcfg.n_head * head_dim * T) * B * T
+        gpt = self.model.gpt.estimate_flops(seq_len=T) * B * T
         vision = 0
         views = []
         if batch.get("images") is not None:

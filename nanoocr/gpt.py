@@ -278,13 +278,13 @@ class GPT(nn.Module):
     def forward(self, ids, targets=None, kv_cache=None, positions=None, attn_mask=None, loss_reduction="mean"):
         return self.trunk(self.embed(ids), targets, kv_cache, positions, attn_mask, loss_reduction)
 
-    def estimate_flops(self):
+    def estimate_flops(self, seq_len=None):
         """Training FLOPs per token, nanochat's estimate: 6 * (params - embedding) + 12 * L * H * D * T
-        (attention scores and values at the full sequence_len)."""
+        (attention scores and values at T = seq_len, default the config's sequence_len)."""
         nparams = sum(p.numel() for p in self.parameters())
-        nparams_embedding = self.transformer.wte.weight.numel()
-        l, h, q, t = self.config.n_layer, self.config.n_head, self.config.n_embd // self.config.n_head, \
-            self.config.sequence_len
+        nparams_embedding = self.transformer.wte.weight.numel()  # a lookup, not a matmul
+        l, h, q = self.config.n_layer, self.config.n_head, self.config.n_embd // self.config.n_head
+        t = self.config.sequence_len if seq_len is None else seq_len
         return 6 * (nparams - nparams_embedding) + 12 * l * h * q * t
 
 

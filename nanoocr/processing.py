@@ -86,7 +86,7 @@ def process_sample(record: dict, tokenizer: Tokenizer, mode: str = "base", loss:
         views = None
         if has_image:
             views = image_views(_load_image(image, max_pixels), mode, min_crops, max_crops, normalize)
-            ids, mask = _expand_image(ids, mask, tokenizer.image_id, views.tokens)
+            ids, mask = expand_image(ids, mask, tokenizer.image_id, views.tokens)
         ids, mask = _fit(ids, mask, tokenizer.image_id, max_seq_len, overflow)
     except (ImageError, ValueError) as e:  # SampleError is a ValueError too: prefix the record once
         raise SampleError(f"record {rid}: {e}") from None
@@ -109,7 +109,7 @@ def process_sample(record: dict, tokenizer: Tokenizer, mode: str = "base", loss:
     }
 
 
-def _expand_image(ids: list[int], mask: list[int], image_id: int, n: int) -> tuple[list[int], list[int]]:
+def expand_image(ids: list[int], mask: list[int], image_id: int, n: int) -> tuple[list[int], list[int]]:
     """Replace the single <|image|> id by n of them (mask 0: the model never produces image tokens)."""
     count = ids.count(image_id)
     assert count == 1, f"expected exactly one {IMAGE_TAG} id after rendering, found {count}"

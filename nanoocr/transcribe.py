@@ -12,6 +12,7 @@ from PIL import Image
 from nanoocr.engine import Engine
 from nanoocr.images import image_views, open_image
 from nanoocr.metrics import score, summarize
+from nanoocr.processing import expand_image
 
 DEFAULT_PROMPT = "<image>\nFree OCR."
 
@@ -21,8 +22,8 @@ def build_prompt(tokenizer, image: Image.Image, prompt: str, mode: str, min_crop
     views = image_views(image, mode, min_crops, max_crops)
     ids = tokenizer.render_for_completion({"messages": [{"role": "user", "content": prompt}]})
     assert ids.count(tokenizer.image_id) == 1, f"the prompt must hold exactly one <image>, got: {prompt!r}"
-    p = ids.index(tokenizer.image_id)
-    return ids[:p] + [tokenizer.image_id] * views.tokens + ids[p + 1:], views
+    ids, _ = expand_image(ids, [0] * len(ids), tokenizer.image_id, views.tokens)
+    return ids, views
 
 
 @torch.no_grad()
