@@ -140,6 +140,7 @@ class LossCurve(Callback):
         self.folder, self.ema = folder, ema
         self.train: list[tuple[int, float]] = []
         self.eval: list[tuple[int, float]] = []
+        self.fit_ended = False
 
     def batch_end(self, state: State, logger: Logger) -> None:
         self.train.append((int(state.timestamp.batch), float(state.loss)))
@@ -148,8 +149,14 @@ class LossCurve(Callback):
         metric = state.eval_metric_values.get("LanguageCrossEntropy")
         if metric is not None:
             self.eval.append((int(state.timestamp.batch), float(metric)))
+        if self.fit_ended:  # Composer runs the last eval after FIT_END: redraw to include it
+            self.draw()
 
     def fit_end(self, state: State, logger: Logger) -> None:
+        self.fit_ended = True
+        self.draw()
+
+    def draw(self) -> None:
         if dist.get_global_rank() != 0 or not self.train:
             return
         import matplotlib

@@ -131,6 +131,88 @@ def rel_pos_attention(q, k, v, rel_h, rel_w) -> torch.Tensor:
     return torch.cat([torch.cat(outs[i:i + per_b], dim=1) for i in range(0, len(outs), per_b)], dim=0)
 
 
+# Training on CPU: SDPA has no fused kernel that returns the gradient of a float mask, so with a trainable
+# bias it falls back to the math path, which materializes the (B, nH, N, N) bias, scores and probabilities
+# and runs several extra full passes over them (-inf checks of its "safe" softmax). RelPosAttention below
+# does the same math a block of queries at a time, each block's scores small enough to stay in cache
+# (this many floats: 2 MB), and recomputes the probabilities in backward from the log-sum-exp.
+SCORE_BLOCK_ELEMENTS = 512 * 1024
+
+
+def _blocks(G: int, N: int, n_keys: int):
+    """(g0, g1, q0, q1) blocks of about SCORE_BLOCK_ELEMENTS scores: whole items when they fit, else
+    query slices of one item."""
+    per_item = N * n_keys
+    if per_item <= SCORE_BLOCK_ELEMENTS:
+        gs = max(1, SCORE_BLOCK_ELEMENTS // per_item)
+        return [(g, min(G, g + gs), 0, N) for g in range(0, G, gs)]
+    qs = max(1, SCORE_BLOCK_ELEMENTS // n_keys)
+    return [(g, g + 1, q, min(N, q + qs)) for g in range(G) for q in range(0, N, qs)]
+
+
+def _block_probs(qs, kT, rel_h, rel_w, g0, g1, q0, q1, kh, kw, lse=None):
+    """exp(scores - max) of one block (unnormalized, with its row max) or, given lse, the probabilities."""
+    s = torch.bmm(qs[g0:g1, q0:q1], kT[g0:g1])  # (g, q, N) scaled q . k
+    grid = s.view(g1 - g0, q1 - q0, kh, kw)
+    grid.add_(rel_h[g0:g1, q0:q1, :, None]).add_(rel_w[g0:g1, q0:q1, None, :])
+    if lse is not None:
+        return s.sub_(lse[g0:g1, q0:q1, None]).exp_(), None
+    m = s.amax(-1, keepdim=True)
+    return s.sub_(m).exp_(), m
+
+
+class RelPosAttention(torch.autograd.Function):
+    """softmax(q k^T / sqrt(D) + rel_h[n, i] + rel_w[n, j]) v for key (i, j), blockwise (see above).
+
+    q, k, v: (G, N, D) contiguous; rel_h: (G, N, kh), rel_w: (G, N, kw), kh * kw = N. Returns (G, N, D)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, rel_h, rel_w):
+        G, N, D = q.shape
+        kh, kw = rel_h.shape[-1], rel_w.shape[-1]
+        qs = q * D ** -0.5
+        kT = k.transpose(1, 2).contiguous()
+        out = torch.empty_like(q)
+        lse = q.new_empty(G, N)
+        for g0, g1, q0, q1 in _blocks(G, N, N):
+            p, m = _block_probs(qs, kT, rel_h, rel_w, g0, g1, q0, q1, kh, kw)
+            total = p.sum(-1, keepdim=True)
+            out[g0:g1, q0:q1] = torch.bmm(p, v[g0:g1]).div_(total)
+            lse[g0:g1, q0:q1] = (m + total.log()).squeeze(-1)
+        ctx.save_for_backward(qs, kT, v, rel_h, rel_w, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        qs, kT, v, rel_h, rel_w, out, lse = ctx.saved_tensors
+        G, N, D = qs.shape
+        kh, kw = rel_h.shape[-1], rel_w.shape[-1]
+        grad_out = grad_out.contiguous()
+        delta = (grad_out * out).sum(-1)  # (G, N): sum_k P dP, the softmax backward's row term
+        vT = v.transpose(1, 2).contiguous()
+        k = kT.transpose(1, 2)
+        dq, dk, dv = torch.empty_like(qs), torch.zeros_like(qs), torch.zeros_like(v)
+        d_rel_h, d_rel_w = torch.empty_like(rel_h), torch.empty_like(rel_w)
+        for g0, g1, q0, q1 in _blocks(G, N, N):
+            p, _ = _block_probs(qs, kT, rel_h, rel_w, g0, g1, q0, q1, kh, kw, lse=lse)
+            do = grad_out[g0:g1, q0:q1]
+            ds = torch.bmm(do, vT[g0:g1]).sub_(delta[g0:g1, q0:q1, None]).mul_(p)  # grad of the scores
+            grid = ds.view(g1 - g0, q1 - q0, kh, kw)
+            d_rel_h[g0:g1, q0:q1] = grid.sum(-1)
+            d_rel_w[g0:g1, q0:q1] = grid.sum(-2)
+            dv[g0:g1].baddbmm_(p.transpose(1, 2), do)
+            dk[g0:g1].baddbmm_(ds.transpose(1, 2), qs[g0:g1, q0:q1])
+            dq[g0:g1, q0:q1] = torch.bmm(ds, k[g0:g1]).mul_(D ** -0.5)
+        return dq, dk, dv, d_rel_h, d_rel_w
+
+
+def rel_pos_attention_blockwise(q, k, v, rel_h, rel_w) -> torch.Tensor:
+    """rel_pos_attention through RelPosAttention: same arguments, same (B, N, nH, D) result."""
+    B, nH, N, D = q.shape
+    flat = [t.reshape(B * nH, N, t.shape[-1]).contiguous() for t in (q, k, v, rel_h, rel_w)]
+    return RelPosAttention.apply(*flat).view(B, nH, N, D).transpose(1, 2)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention over a (B, h, w, C) token grid with decomposed rel-pos bias."""
 
@@ -155,7 +237,9 @@ class Attention(nn.Module):
         q_grid = q.reshape(B, nH, h, w, -1)
         rel_h = torch.einsum("bnhwc,hkc->bnhwk", q_grid, Rh).reshape(B, nH, h * w, h)
         rel_w = torch.einsum("bnhwc,wkc->bnhwk", q_grid, Rw).reshape(B, nH, h * w, w)
-        return rel_pos_attention(q, k, v, rel_h, rel_w).reshape(B, h, w, C)  # merge heads
+        trainable = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, rel_h, rel_w))
+        attend = rel_pos_attention_blockwise if trainable and q.device.type == "cpu" else rel_pos_attention
+        return attend(q, k, v, rel_h, rel_w).reshape(B, h, w, C)  # merge heads
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, h, w, C) -> (B, h, w, C)
         return self.proj(self.attend(self.qkv(x)))

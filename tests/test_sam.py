@@ -55,6 +55,9 @@ def hf_sam():
 def test_matches_hf_sam(hf_sam, tmp_path, monkeypatch, layout, chunk):
     if chunk:  # force the chunked-bias paths: windows over the batch dim, the global block over queries
         monkeypatch.setattr(sam_module, "BIAS_CHUNK_ELEMENTS", chunk)
+        # and the blockwise training attention's two regimes: several windows per block, query slices of
+        # the global block's 324 x 324 scores
+        monkeypatch.setattr(sam_module, "SCORE_BLOCK_ELEMENTS", 2000)
     # SamVisionModel saves `vision_encoder.*` keys (as SamModel does); SamVisionEncoder saves bare keys.
     (hf_sam if layout == "SamVisionModel" else hf_sam.vision_encoder).save_pretrained(tmp_path)
     ours = SAMEncoder(small_config()).eval()
@@ -68,12 +71,15 @@ def test_matches_hf_sam(hf_sam, tmp_path, monkeypatch, layout, chunk):
     assert out.shape == ref.shape == (2, 32, 18, 18)
     assert (out - ref).abs().max().item() <= 1e-5
 
-    if chunk and layout == "SamVisionModel":  # training path (fresh bias per chunk): gradients must match too
+    if layout == "SamVisionModel":  # training path (RelPosAttention on CPU): gradients must match too
         w = torch.randn_like(ref)
         (hf_sam(x).last_hidden_state * w).sum().backward()
         (ours.forward_neck(x) * w).sum().backward()
         hf_attn, our_attn = hf_sam.vision_encoder.layers[GLOBAL].attn, ours.blocks[GLOBAL].attn
+        win_hf, win_ours = hf_sam.vision_encoder.layers[0].attn, ours.blocks[0].attn
         pairs = [(our_attn.rel_pos_h.grad, hf_attn.rel_pos_h.grad), (our_attn.qkv.weight.grad, hf_attn.qkv.weight.grad),
+                 (our_attn.rel_pos_w.grad, hf_attn.rel_pos_w.grad), (win_ours.rel_pos_w.grad, win_hf.rel_pos_w.grad),
+                 (win_ours.qkv.bias.grad, win_hf.qkv.bias.grad),
                  (ours.pos_embed.grad, hf_sam.vision_encoder.pos_embed.grad)]
         for a, b in pairs:
             assert (a - b).abs().max().item() <= 1e-4 * max(1.0, b.abs().max().item())
@@ -138,3 +144,41 @@ def test_full_size_parameter_count():
     assert tuple(model.pos_embed.shape) == (1, 64, 64, 768)
     assert tuple(model.blocks[2].attn.rel_pos_h.shape) == (127, 64)  # global: 2 * 64 - 1 offsets
     assert tuple(model.blocks[0].attn.rel_pos_h.shape) == (27, 64)  # window: 2 * 14 - 1
+
+
+@pytest.mark.parametrize("block", [None, 7, 50])
+def test_blockwise_rel_pos_attention_matches_sdpa(monkeypatch, block):
+    """RelPosAttention (the CPU training path) vs torch SDPA with the bias as a float mask, float64,
+    values and all five gradients; block sizes force one item per block, query slices and many items."""
+    if block:
+        monkeypatch.setattr(sam_module, "SCORE_BLOCK_ELEMENTS", block)
+    g = torch.Generator().manual_seed(0)
+    B, nH, kh, kw, D = 2, 3, 5, 4, 8
+    N = kh * kw
+    args = [torch.randn(B, nH, N, n, generator=g, dtype=torch.float64, requires_grad=True) for n in (D, D, D, kh, kw)]
+    q, k, v, rel_h, rel_w = args
+    bias = (rel_h[..., :, None] + rel_w[..., None, :]).flatten(-2)  # key (i, j) at i * kw + j
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=bias).transpose(1, 2)
+    out = sam_module.rel_pos_attention_blockwise(*args)
+    assert out.shape == ref.shape == (B, N, nH, D)
+    assert (out - ref).abs().max().item() < 1e-12
+    w = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad((out * w).sum(), args), torch.autograd.grad((ref * w).sum(), args)):
+        assert (a - b).abs().max().item() < 1e-12
+    assert torch.autograd.gradcheck(sam_module.rel_pos_attention_blockwise, args)
+
+
+def test_training_attention_on_cpu_uses_blockwise(monkeypatch):
+    """Trainable inputs on CPU take RelPosAttention; inference and frozen inputs keep SDPA (its fused kernel)."""
+    calls = []
+    real = sam_module.RelPosAttention.apply
+    monkeypatch.setattr(sam_module.RelPosAttention, "apply", lambda *a: calls.append(1) or real(*a))
+    attn = sam_module.Attention(16, 2, rel_size=4)
+    x = torch.randn(1, 4, 4, 48)
+    attn.attend(x)
+    assert calls == [1]
+    with torch.no_grad():
+        attn.attend(x)
+    attn.requires_grad_(False)
+    attn.attend(x)
+    assert calls == [1]
