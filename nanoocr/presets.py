@@ -33,6 +33,14 @@ PRESETS = {
         clip=dict(dim=256, layers=4, heads=4, mlp_dim=1024),
         gpt=dict(sequence_len=2048, vocab_size=8192, n_layer=8, n_head=8, n_kv_head=8, n_embd=512),
     ),
+    # DeepEncoder's real widths (SAM-B 768/12 heads with its neck, CLIP-L 1024/16 heads) at 4 layers each,
+    # and a 1024-wide GPT: the largest model that trains on a 2-core CPU box in seconds per sample, and
+    # the shapes whose matmul efficiency carries over to `full` (recipes/bench/mfu.py).
+    "medium": dict(
+        sam=dict(embed_dim=768, depth=4, num_heads=12, window_size=14, global_attn_indexes=(1, 3)),
+        clip=dict(dim=1024, layers=4, heads=16, mlp_dim=4096),
+        gpt=dict(sequence_len=2048, vocab_size=8192, n_layer=8, n_head=8, n_kv_head=8, n_embd=1024),
+    ),
     # DeepSeek-OCR's DeepEncoder + nanochat d20. sequence_len 2048 is what d20 was trained with, so its
     # meta json maps 1:1; the field only sizes the rotary table (10x = 20480 positions), so stage 1's
     # 4096 and stage 2's 8192-token sequences fit without changing the checkpoint's config.

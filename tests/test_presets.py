@@ -39,7 +39,7 @@ def test_overrides_and_unknown_keys():
         build_config("huge")
 
 
-@pytest.mark.parametrize("name", ["nano", "small"])
+@pytest.mark.parametrize("name", ["nano", "small", "medium"])
 def test_small_presets_keep_deepseek_token_counts(name):
     assert summarize(build_config(name))["vision_tokens"] == {"tiny": 73, "small": 111, "base": 273, "large": 421}
 

@@ -1,6 +1,8 @@
-"""Training throughput and MFU on this machine, for the `nano` and `small` presets.
+"""Training throughput and MFU on this machine, for the `nano`, `small` and `medium` presets.
 
-    python recipes/bench/mfu.py [--presets nano small] [--batch 4] [--steps 5] [--mode base]
+    python recipes/bench/mfu.py [--presets nano small medium] [--batch 4] [--steps 5] [--mode base]
+
+The process keeps freed memory for reuse (nanoocr.recipe.keep_freed_memory), as the recipe does on CPU.
 
 One run measures, side by side: the fp32 matmul peak of this device (best of repeated 2048³ matmuls,
 nanoocr.callbacks.measure_matmul_peak, also what the recipe's SpeedMonitor uses on CPU), then for each
@@ -23,6 +25,7 @@ from nanoocr.callbacks import measure_matmul_peak
 from nanoocr.composer_model import ComposerNanoOCR
 from nanoocr.data import collate
 from nanoocr.processing import process_sample
+from nanoocr.recipe import keep_freed_memory
 from nanoocr.synthetic import GENERATORS
 from nanoocr.tokenizer import Tokenizer
 from nanoocr.vlm import NanoOCR
@@ -37,12 +40,13 @@ def cpu_name() -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--presets", nargs="+", default=["nano", "small"])
+    ap.add_argument("--presets", nargs="+", default=["nano", "small", "medium"])
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--mode", default="base")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
+    keep_freed_memory()  # what the recipe does on CPU
 
     records = list(GENERATORS["text_page"](args.batch, 0))
     tok = Tokenizer.train_from_iterator([m["content"] for r in records for m in r["messages"]], vocab_size=512)
