@@ -2,13 +2,16 @@
 
     python recipes/bench/loader.py [--pdfs /usr/share/doc] [--pages 50] [--modes base gundam]
                                    [--workers 2] [--batch-size 4] [--warmup-batches 4] [--samples 96]
+                                   [--model-preset nano] [--model-steps 3]
 
 Renders up to --pages pages of the PDFs under --pdfs at 144 dpi (nanoocr.pdf: pdftoppm + pdftotext)
 into a temporary MDS dataset, trains a small BPE tokenizer on the page texts, then, per mode, iterates
 the real `build_dataloader` (shuffled, --workers processes, --batch-size) and times --samples samples
 after --warmup-batches batches (worker start-up, first shard open). The epoch is stretched with
 `epoch_size` so the timed part never crosses an epoch boundary. A per-stage profile of one process
-(decode, views, tokenize+expand) shows where a worker's time goes. Prints a Markdown table with the
+(decode, views, tokenize+expand) shows where a worker's time goes. The model's consumption, in the
+same run: samples/s of full training steps (forward + backward + AdamW, fp32, all torch threads) of the
+--model-preset model on one batch from that loader, so the two rates compare directly. Prints a Markdown table with the
 command, machine, load average and date (the load matters on a shared machine).
 """
 from __future__ import annotations
@@ -95,6 +98,7 @@ def profile(records: list[dict], tok: Tokenizer, mode: str, n: int = 8) -> dict[
 
 
 def measure(local: str, tok: Tokenizer, mode: str, workers: int, batch_size: int, warmup: int, samples: int):
+    """(samples seen, seconds, the last batch)."""
     cfg = {"dataset": {"streams": {"pages": {"local": local}}, "mode": mode, "max_seq_len": 8192,
                        "epoch_size": (warmup + 1) * batch_size + samples, "shuffle_seed": 0},
            "num_workers": workers, "drop_last": True}
@@ -104,11 +108,37 @@ def measure(local: str, tok: Tokenizer, mode: str, workers: int, batch_size: int
         next(it)
     seen, t0 = 0, time.perf_counter()
     while seen < samples:
-        seen += next(it)["ids"].shape[0]
+        batch = next(it)
+        seen += batch["ids"].shape[0]
     elapsed = time.perf_counter() - t0
     del it, loader
     gc.collect()
-    return seen, elapsed
+    return seen, elapsed, batch
+
+
+def consumption(batch: dict, tok: Tokenizer, preset: str, steps: int) -> float:
+    """Samples/s the --model-preset model trains on `batch` (median of `steps` steps after a warm-up)."""
+    from nanoocr.composer_model import ComposerNanoOCR
+    from nanoocr.presets import build_config
+    from nanoocr.recipe import keep_freed_memory
+    from nanoocr.vlm import NanoOCR
+
+    keep_freed_memory()  # as the recipe does on CPU
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count())
+    model = ComposerNanoOCR(NanoOCR(build_config(preset, gpt={"vocab_size": tok.vocab_size},
+                                                 image_token_id=tok.image_id)))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    times = []
+    for step in range(steps + 1):
+        t0 = time.perf_counter()
+        model.loss(model(batch), batch).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step:
+            times.append(time.perf_counter() - t0)
+    torch.set_num_threads(threads)
+    return batch["ids"].shape[0] / statistics.median(times)
 
 
 def main():
@@ -120,6 +150,8 @@ def main():
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--warmup-batches", type=int, default=4)
     p.add_argument("--samples", type=int, default=96)
+    p.add_argument("--model-preset", default="nano")
+    p.add_argument("--model-steps", type=int, default=3)
     args = p.parse_args()
     torch.set_num_threads(1)  # the profile runs like a loader worker (torch gives workers 1 thread)
 
@@ -136,9 +168,9 @@ def main():
         rows, profiles = [], {}
         for mode in args.modes:
             profiles[mode] = profile(records, tok, mode)
-            seen, elapsed = measure(str(Path(tmp) / "mds"), tok, mode, args.workers, args.batch_size,
-                                    args.warmup_batches, args.samples)
-            rows.append((mode, seen, elapsed))
+            seen, elapsed, batch = measure(str(Path(tmp) / "mds"), tok, mode, args.workers, args.batch_size,
+                                           args.warmup_batches, args.samples)
+            rows.append((mode, seen, elapsed, consumption(batch, tok, args.model_preset, args.model_steps)))
         clean_stale_shared_memory()
 
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -148,19 +180,21 @@ def main():
     print(f"Data: {len(records)} PDF pages at 144 dpi, batch {args.batch_size}, {args.workers} workers, "
           f"{args.warmup_batches} warm-up batches\n")
     print("| mode | samples timed | seconds | samples/s | goal | decode ms | views ms | process_sample ms "
-          "| process_sample CPU ms | idle bound samples/s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for mode, seen, elapsed in rows:
+          f"| process_sample CPU ms | idle bound samples/s | {args.model_preset} trains samples/s | loader / model |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for mode, seen, elapsed, model_sps in rows:
         pr = profiles[mode]
         goal = GOALS.get(mode)
         bound = args.workers * 1000 / pr["process_sample_cpu"] if args.workers else 1000 / pr["process_sample_cpu"]
         print(f"| {mode} | {seen} | {elapsed:.1f} | {seen / elapsed:.1f} | {goal if goal else '-'} | "
               f"{pr['decode']:.1f} | {pr['views']:.1f} | {pr['process_sample']:.1f} | "
-              f"{pr['process_sample_cpu']:.1f} | {bound:.1f} |")
+              f"{pr['process_sample_cpu']:.1f} | {bound:.1f} | {model_sps:.2f} | {seen / elapsed / model_sps:.1f}x |")
     print("\ndecode/views/process_sample: median wall ms per page in one process with 1 torch thread "
           "(process_sample includes its own decode and views); CPU ms: its CPU time; idle bound: "
           "max(workers, 1) x 1000 / CPU ms, what the workers could reach on otherwise idle cores "
-          "(ignores the main process and the transfer of the batches).")
+          "(ignores the main process and the transfer of the batches). trains samples/s: full training "
+          f"steps of the {args.model_preset} preset (all layers trainable, fp32, {os.cpu_count()} threads) on the "
+          "last loader batch; loader / model > 1 means the loader keeps the model fed.")
 
 
 if __name__ == "__main__":
