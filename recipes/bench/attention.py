@@ -11,7 +11,6 @@ largest difference of outputs and gradients (relative to the largest SDPA value)
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -19,13 +18,7 @@ import time
 import torch
 
 from nanoocr.sam import rel_pos_attention, rel_pos_attention_blockwise
-
-
-def cpu_name() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
+from machine import cpu_model  # recipes/bench/machine.py
 
 
 def fwd_bwd(fn, inputs, grad_out):
@@ -67,7 +60,7 @@ def main(argv=None) -> int:
         rows.append((name, items, N, ts, tb, ts / tb, diff))
 
     print(f"\n`python recipes/bench/attention.py {' '.join(sys.argv[1:])}` — "
-          f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}, {cpu_name()}, {os.cpu_count()} cores, "
+          f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}, {cpu_model()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), fp32, {args.heads} heads x {args.head_dim}, "
           f"forward + backward, median of {args.runs}\n")
     print("| attention | items | tokens | SDPA s | blockwise s | speed-up | max rel. diff (out, grads) |")

@@ -12,7 +12,6 @@ token, no-repeat guard off, so both generate exactly --new-tokens tokens. Prints
 import argparse
 import datetime
 import math
-import platform
 import sys
 import time
 
@@ -22,16 +21,7 @@ from nanoocr.engine import Engine
 from nanoocr.images import MODES
 from nanoocr.presets import build_config
 from nanoocr.vlm import NanoOCR, image_token_count
-
-
-def cpu_name():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from machine import cpu_model  # recipes/bench/machine.py
 
 
 def main():
@@ -74,7 +64,7 @@ def main():
     assert len(out_cache) == args.new_tokens, f"generated {len(out_cache)} tokens, expected {args.new_tokens}"
 
     device = torch.cuda.get_device_name() if args.device == "cuda" else \
-        f"{cpu_name()}, {torch.get_num_threads()} torch threads"
+        f"{cpu_model()}, {torch.get_num_threads()} torch threads"
     print(f"command: `python {' '.join(sys.argv)}`  ")
     print(f"machine: {device}, torch {torch.__version__}  ")
     print(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}  ")

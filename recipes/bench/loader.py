@@ -21,7 +21,6 @@ import datetime
 import gc
 import io
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -37,19 +36,10 @@ from nanoocr.images import image_views, open_image
 from nanoocr.pdf import pdf_pages
 from nanoocr.processing import process_sample
 from nanoocr.tokenizer import Tokenizer
+from machine import cpu_model  # recipes/bench/machine.py
 
 COLUMNS = {"id": "str", "source": "str", "messages": "json", "image": "bytes"}
 GOALS = {"base": 40.0, "gundam": 15.0}  # samples/s with 2 workers
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def image_size(png: bytes) -> tuple[int, int]:

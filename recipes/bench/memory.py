@@ -38,7 +38,6 @@ import ctypes
 import datetime
 import json
 import os
-import platform
 import resource
 import shlex
 import statistics
@@ -46,21 +45,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from machine import cpu_model  # recipes/bench/machine.py
 
 MiB = 2 ** 20
 # glibc: every block >= 64 KiB gets its own mapping and the heap top is trimmed at once, so RSS follows
 # the live memory (the default keeps freed heap resident and raises the mmap threshold as it goes).
 EAGER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def rss_bytes() -> int:

@@ -13,7 +13,6 @@ SpeedMonitor reports MFU from), samples/s and MFU = achieved FLOP/s ÷ measured 
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -29,13 +28,7 @@ from nanoocr.recipe import keep_freed_memory
 from nanoocr.synthetic import GENERATORS
 from nanoocr.tokenizer import Tokenizer
 from nanoocr.vlm import NanoOCR
-
-
-def cpu_name() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
+from machine import cpu_model  # recipes/bench/machine.py
 
 
 def main(argv=None) -> int:
@@ -74,7 +67,7 @@ def main(argv=None) -> int:
         rows.append((name, n_params, t, args.batch / t, flops / t, flops / t / peak))
         del model, opt
 
-    print(f"\n`python recipes/bench/mfu.py {' '.join(sys.argv[1:])}` — {datetime.date.today()}, {cpu_name()}, "
+    print(f"\n`python recipes/bench/mfu.py {' '.join(sys.argv[1:])}` — {datetime.date.today()}, {cpu_model()}, "
           f"{os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), fp32, "
           f"{args.mode} mode, batch {args.batch}, sequence {batch['ids'].shape[1]}, median of {args.steps} steps\n")
     print(f"measured fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s\n")

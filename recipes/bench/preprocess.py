@@ -32,12 +32,10 @@ import datetime
 import io
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torchvision.transforms.functional as TF
@@ -45,18 +43,9 @@ from PIL import Image, ImageOps
 
 from nanoocr.images import MODES, PAD_COLOR, TILE, gundam_tiles, image_views, open_image
 from nanoocr.pdf import DPI, pdf_pages
+from machine import cpu_model  # recipes/bench/machine.py
 
 MEAN = STD = [0.5, 0.5, 0.5]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def render(pdfs: str, n_pages: int) -> list[bytes]:
