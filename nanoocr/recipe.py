@@ -37,8 +37,9 @@ TOP_KEYS = {
     "variables", "run_name", "run_folder", "seed", "max_duration", "device", "precision",
     "device_train_batch_size", "device_train_microbatch_size", "device_eval_batch_size",
     "eval_interval", "eval_subset_num_batches", "save_folder", "save_interval", "save_num_checkpoints_to_keep",
-    "save_overwrite", "autoresume", "cpu_keep_freed_memory", "load_path", "load_weights_only", "progress_bar", "log_to_console",
-    "console_log_interval", "python_log_level", "dist_timeout", "fsdp_config", "build_data", "model", "tokenizer",
+    "save_overwrite", "autoresume", "load_path", "load_weights_only", "progress_bar", "log_to_console",
+    "cpu_keep_freed_memory", "console_log_interval", "python_log_level", "dist_timeout", "fsdp_config",
+    "build_data", "model", "tokenizer",
     "train_loader", "eval_loader", "optimizer", "scheduler", "algorithms", "callbacks", "loggers", "final_eval",
 }
 MODEL_KEYS = {"preset", "sam", "clip", "gpt", "vlm", "pretrained", "activation_checkpointing"}
