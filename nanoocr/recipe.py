@@ -18,7 +18,6 @@ import os
 import sys
 from pathlib import Path
 
-from omegaconf import DictConfig, ListConfig
 from omegaconf import OmegaConf as om
 
 from nanoocr.data import read_mds

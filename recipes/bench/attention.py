@@ -18,7 +18,7 @@ import time
 import torch
 
 from nanoocr.sam import rel_pos_attention, rel_pos_attention_blockwise
-from machine import cpu_model  # recipes/bench/machine.py
+from common import cpu_model  # recipes/bench/common.py
 
 
 def fwd_bwd(fn, inputs, grad_out):

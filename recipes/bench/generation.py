@@ -21,7 +21,7 @@ from nanoocr.engine import Engine
 from nanoocr.images import MODES
 from nanoocr.presets import build_config
 from nanoocr.vlm import NanoOCR, image_token_count
-from machine import cpu_model  # recipes/bench/machine.py
+from common import cpu_model  # recipes/bench/common.py
 
 
 def main():

@@ -10,9 +10,9 @@ the real `build_dataloader` (shuffled, --workers processes, --batch-size) and ti
 after --warmup-batches batches (worker start-up, first shard open). The epoch is stretched with
 `epoch_size` so the timed part never crosses an epoch boundary. A per-stage profile of one process
 (decode, views, tokenize+expand) shows where a worker's time goes. The model's consumption, in the
-same run: samples/s of full training steps (forward + backward + AdamW, fp32, all torch threads) of the
---model-preset model on one batch from that loader, so the two rates compare directly. Prints a Markdown table with the
-command, machine, load average and date (the load matters on a shared machine).
+same run: samples/s of full training steps (forward + backward + AdamW, fp32, all torch threads) of
+the --model-preset model on one batch from that loader, so the two rates compare directly. Prints a
+Markdown table with the command, machine, load average and date (the load matters on a shared machine).
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from nanoocr.images import image_views, open_image
 from nanoocr.pdf import pdf_pages
 from nanoocr.processing import process_sample
 from nanoocr.tokenizer import Tokenizer
-from machine import cpu_model  # recipes/bench/machine.py
+from common import cpu_model, training_step_seconds  # recipes/bench/common.py
 
 COLUMNS = {"id": "str", "source": "str", "messages": "json", "image": "bytes"}
 GOALS = {"base": 40.0, "gundam": 15.0}  # samples/s with 2 workers
@@ -118,17 +118,9 @@ def consumption(batch: dict, tok: Tokenizer, preset: str, steps: int) -> float:
     torch.set_num_threads(os.cpu_count())
     model = ComposerNanoOCR(NanoOCR(build_config(preset, gpt={"vocab_size": tok.vocab_size},
                                                  image_token_id=tok.image_id)))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    times = []
-    for step in range(steps + 1):
-        t0 = time.perf_counter()
-        model.loss(model(batch), batch).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if step:
-            times.append(time.perf_counter() - t0)
+    seconds = training_step_seconds(model, batch, steps)
     torch.set_num_threads(threads)
-    return batch["ids"].shape[0] / statistics.median(times)
+    return batch["ids"].shape[0] / seconds
 
 
 def main():

@@ -45,7 +45,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from machine import cpu_model  # recipes/bench/machine.py
+from common import cpu_model  # recipes/bench/common.py
 
 MiB = 2 ** 20
 # glibc: every block >= 64 KiB gets its own mapping and the heap top is trimmed at once, so RSS follows
@@ -125,7 +125,6 @@ def profiled_step(model, opt, inputs, batch) -> int:
     torch.profiler with profile_memory=True reports every c10 CPU allocation with the running total of
     the bytes allocated (and not yet freed) since profiling started: its maximum is the step's peak
     tensor memory over what existed before it, whatever malloc does with the freed memory."""
-    import torch
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 

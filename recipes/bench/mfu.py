@@ -13,9 +13,7 @@ SpeedMonitor reports MFU from), samples/s and MFU = achieved FLOP/s ÷ measured 
 import argparse
 import datetime
 import os
-import statistics
 import sys
-import time
 
 import torch
 
@@ -28,7 +26,7 @@ from nanoocr.recipe import keep_freed_memory
 from nanoocr.synthetic import GENERATORS
 from nanoocr.tokenizer import Tokenizer
 from nanoocr.vlm import NanoOCR
-from machine import cpu_model  # recipes/bench/machine.py
+from common import cpu_model, training_step_seconds  # recipes/bench/common.py
 
 
 def main(argv=None) -> int:
@@ -44,28 +42,17 @@ def main(argv=None) -> int:
     records = list(GENERATORS["text_page"](args.batch, 0))
     tok = Tokenizer.train_from_iterator([m["content"] for r in records for m in r["messages"]], vocab_size=512)
     batch = collate([process_sample(r, tok, mode=args.mode, max_seq_len=1024) for r in records], tok.pad_id)
-    keys = ("ids", "targets", "images", "crops", "tiles")
 
     peak = measure_matmul_peak()
     rows = []
     for name in args.presets:
         cfg = presets.build_config(name, gpt={"vocab_size": tok.vocab_size}, image_token_id=tok.image_id)
         model = ComposerNanoOCR(NanoOCR(cfg))
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         flops = model.flops_per_batch(batch)
-        times = []
-        for step in range(args.steps + 1):  # step 0 warms up allocators and kernels
-            t0 = time.perf_counter()
-            loss = model.loss(model({k: batch[k] for k in keys}), batch)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if step:
-                times.append(time.perf_counter() - t0)
-        t = statistics.median(times)
+        t = training_step_seconds(model, batch, args.steps)
         n_params = sum(p.numel() for p in model.parameters())
         rows.append((name, n_params, t, args.batch / t, flops / t, flops / t / peak))
-        del model, opt
+        del model
 
     print(f"\n`python recipes/bench/mfu.py {' '.join(sys.argv[1:])}` — {datetime.date.today()}, {cpu_model()}, "
           f"{os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), fp32, "

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import io
 import json
 import os
 import shlex
@@ -43,7 +42,7 @@ from PIL import Image, ImageOps
 
 from nanoocr.images import MODES, PAD_COLOR, TILE, gundam_tiles, image_views, open_image
 from nanoocr.pdf import DPI, pdf_pages
-from machine import cpu_model  # recipes/bench/machine.py
+from common import cpu_model  # recipes/bench/common.py
 
 MEAN = STD = [0.5, 0.5, 0.5]
 
