@@ -252,16 +252,18 @@ for _ in range(6):
     x = torch.ones(16 * 2 ** 20)  # 64 MiB: over glibc's largest mmap threshold
     del x
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(sum(faults[1:]))
+print(sorted(faults[1:])[2])  # the median of allocations 2..6
 """
 
 
 def test_keep_freed_memory_stops_page_faulting_each_step():
     """The recipe's CPU malloc setting: a 64 MiB block freed and allocated again reuses the same pages
-    (no minor page faults after the first time) where glibc's default maps and faults it in anew."""
+    (no minor page faults after the first time) where glibc's default maps and faults it in anew.
+    The median over 5 re-allocations: with the setting, the first one or two may still fault their pages
+    in while the heap settles (seen: [16381, 16384, 0, 0, 0, 0] and [16381, 0, 0, 0, 0, 0]), then none do."""
     def faults(arg):
         out = subprocess.run([sys.executable, "-c", _FAULTS, arg], capture_output=True, text=True, check=True)
         return int(out.stdout.split()[-1])
     default, kept = faults("default"), faults("keep")
-    assert default > 5 * 16 * 2 ** 20 // 4096 * 0.9, default  # every one of 5 allocations faults 16K pages in
+    assert default > 16 * 2 ** 20 // 4096 * 0.9, default  # a typical allocation faults its 16K pages in
     assert kept < default / 20, (kept, default)
