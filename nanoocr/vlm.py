@@ -20,19 +20,41 @@ Notable features:
 - a mismatch between image tokens and vision vectors is a ValueError naming both counts
 - optional fused embedding + image scatter (gpt.embed_impl="triton", kernels/scatter.py)
 - optional activation checkpointing of every SAM, CLIP and GPT block (Gundam batches need the memory)
+
+Sharding (FSDP) and meta-device init, the hooks Composer 0.32.1 reads from the module it wraps
+(composer/distributed/dist_strategy.py, `prepare_fsdp_module`):
+- `fsdp_wrap_fn(module)`: the FSDP units are each SAM block, each CLIP layer and each GPT Block (WRAP_UNITS);
+  the rest (patch embed, neck, compressor, CLIP embeddings, projector, wte, lm_head) is the root unit
+- `activation_checkpointing_fn(module)`: the same units; used by Composer's FSDP (fsdp_config
+  `activation_checkpointing: true`) and by `set_activation_checkpointing` here, both through torch's
+  `apply_activation_checkpointing` + `checkpoint_wrapper` (NO_REENTRANT): one mechanism, never applied twice
+- `param_init_fn(module)`: initializes one module's own parameters/buffers after `to_empty` (FSDP calls it
+  per module on a meta-device build); `materialize(device)` does the same without FSDP
+- parameter names never show wrapper segments: `named_parameters` strips them (nanoocr.distributed.clean_name);
+  state_dict keys are stripped by the wrappers' own hooks
+Code that runs the model outside its forward (generation, probes) on a sharded model goes through
+`nanoocr.distributed.full_params`.
 """
 
+import functools
 import math
-import types
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-from torch.utils.checkpoint import checkpoint
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+    CheckpointImpl,
+    CheckpointWrapper,
+    apply_activation_checkpointing,
+    checkpoint_wrapper,
+)
 
-from nanoocr.clip import CLIPConfig, CLIPEncoder
+from nanoocr.clip import CLIPConfig, CLIPEmbeddings, CLIPEncoder, CLIPLayer
 from nanoocr.gpt import GPT, GPTConfig, log_once, use_triton
-from nanoocr.sam import SAMConfig, SAMEncoder
+from nanoocr.gpt import Block as GPTBlock
+from nanoocr.sam import Attention as SAMAttention
+from nanoocr.sam import Block as SAMBlock
+from nanoocr.sam import LayerNorm2d, SAMConfig, SAMEncoder
 
 COMPRESSION = 4  # net_2 and net_3 (stride 2 each) shrink SAM's patch grid 4x per side: 16x fewer tokens
 
@@ -76,12 +98,8 @@ def image_token_count(config, size, tiles=(1, 1), crop_size=640):
     return tokens
 
 
-def _checkpointed_forward(self, *args, **kwargs):
-    # bound to a block instance: recompute the block in backward instead of keeping its activations
-    forward = type(self).forward
-    if self.training and torch.is_grad_enabled():
-        return checkpoint(forward, self, *args, use_reentrant=False, **kwargs)
-    return forward(self, *args, **kwargs)
+# The FSDP units and the activation-checkpointing units: one SAM block, one CLIP layer, one GPT block.
+WRAP_UNITS = (SAMBlock, CLIPLayer, GPTBlock)
 
 
 class NanoOCR(nn.Module):
@@ -97,10 +115,7 @@ class NanoOCR(nn.Module):
         self.gpt = GPT(config.gpt)
         self.init_weights()
         if config.activation_checkpointing:
-            # bound methods (not closures) so deepcopy/EMA copies point at their own block
-            for block in [*self.sam.blocks, *self.clip.transformer.layers]:
-                block.forward = types.MethodType(_checkpointed_forward, block)
-            self.gpt.activation_checkpointing = True
+            self.set_activation_checkpointing(True)
 
     @torch.no_grad()
     def init_weights(self):
@@ -109,6 +124,107 @@ class NanoOCR(nn.Module):
         self.image_newline.copy_(torch.randn(n_embd) / math.sqrt(n_embd))
         self.view_separator.copy_(torch.randn(n_embd) / math.sqrt(n_embd))
         self.gpt.init_weights()
+
+    # ---- wrap units, activation checkpointing, meta-device init (Composer/FSDP hooks) -----------------
+
+    def _checkpointed(self) -> set:
+        """ids of the modules already inside a CheckpointWrapper."""
+        return {id(m._checkpoint_wrapped_module) for m in self.modules() if isinstance(m, CheckpointWrapper)}
+
+    def fsdp_wrap_fn(self, module) -> bool:
+        """Composer's FSDP auto-wrap policy: each SAM block, CLIP layer and GPT block is one FSDP unit.
+        A checkpoint-wrapped block is wrapped as a whole (FSDP(CheckpointWrapper(block)), the order
+        Composer's own checkpointing gives), never the block inside it as well."""
+        if isinstance(module, CheckpointWrapper):
+            return isinstance(module._checkpoint_wrapped_module, WRAP_UNITS)
+        return isinstance(module, WRAP_UNITS) and id(module) not in self._checkpointed()
+
+    def activation_checkpointing_fn(self, module) -> bool:
+        """The units to recompute in backward (same as the FSDP units); False for a block already wrapped."""
+        return isinstance(module, WRAP_UNITS) and id(module) not in self._checkpointed()
+
+    @property
+    def activation_checkpointing(self) -> bool:
+        """True when this model checkpoints its blocks itself (see set_activation_checkpointing)."""
+        return any(isinstance(m, CheckpointWrapper) for m in self.modules())
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """Wrap (or unwrap) every unit in torch's checkpoint_wrapper (NO_REENTRANT); idempotent.
+
+        Under Composer's FSDP, leave this off and set fsdp_config `activation_checkpointing: true`: Composer
+        applies the same wrapper to `activation_checkpointing_fn`'s units (the recipe does this)."""
+        if enabled:
+            wrapper = functools.partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
+            apply_activation_checkpointing(self, checkpoint_wrapper_fn=wrapper, check_fn=self.activation_checkpointing_fn)
+            return
+        for parent in list(self.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, CheckpointWrapper):
+                    setattr(parent, name, child._checkpoint_wrapped_module)
+
+    def named_parameters(self, *args, **kwargs):
+        """As nn.Module's, without wrapper segments (`_checkpoint_wrapped_module.`, `_fsdp_wrapped_module.`):
+        the names of the state_dict, whatever wraps the blocks."""
+        from nanoocr.distributed import clean_name
+        for name, p in super().named_parameters(*args, **kwargs):
+            yield clean_name(name), p
+
+    def _gpt_init_roles(self) -> dict:
+        # id(module) -> how GPT.init_weights initializes it (nanochat's table in nanoocr/gpt.py)
+        roles = {id(self.gpt): "rotary", id(self.gpt.transformer.wte): "embedding", id(self.gpt.lm_head): "zeros"}
+        for name, m in self.gpt.named_modules():
+            if isinstance(m, nn.Linear) and id(m) not in roles:
+                roles[id(m)] = "zeros" if name.endswith(("attn.c_proj", "mlp.c_proj")) else "linear"
+        return roles
+
+    @torch.no_grad()
+    def param_init_fn(self, module) -> None:
+        """Initialize `module`'s OWN parameters and buffers (not its children's), already materialized
+        (`to_empty`), with the distributions of a normal build. FSDP (through Composer) calls it for every
+        module of a meta-device model; `materialize` calls it without FSDP."""
+        role = self._gpt_init_roles().get(id(module))
+        if role == "rotary":
+            module.init_rotary(device=module.cos.device)  # non-persistent buffers: recomputed, never loaded
+        elif role == "embedding":
+            nn.init.normal_(module.weight, mean=0.0, std=1.0)
+        elif role == "zeros":
+            nn.init.zeros_(module.weight)
+        elif role == "linear":
+            fan_out, fan_in = module.weight.shape
+            nn.init.normal_(module.weight, mean=0.0, std=1.0 / math.sqrt(fan_in) * min(1.0, math.sqrt(fan_out / fan_in)))
+        elif module is self:
+            n_embd = self.config.gpt.n_embd
+            for p in (self.image_newline, self.view_separator):
+                p.copy_(torch.randn(n_embd, device=p.device) / math.sqrt(n_embd))
+        elif isinstance(module, SAMEncoder):
+            nn.init.trunc_normal_(module.pos_embed, std=0.02)
+        elif isinstance(module, SAMAttention):
+            module.rel_pos_h.zero_()
+            module.rel_pos_w.zero_()
+        elif isinstance(module, LayerNorm2d):
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+        elif isinstance(module, CLIPEmbeddings):
+            dim = module.class_embedding.shape[0]
+            module.class_embedding.copy_(torch.randn(dim, device=module.class_embedding.device) * dim ** -0.5)
+        elif isinstance(module, nn.Embedding) and module is self.clip.embeddings.position_embedding:
+            nn.init.normal_(module.weight, std=0.02)
+        elif isinstance(module, (nn.Linear, nn.Conv2d, nn.LayerNorm)):
+            module.reset_parameters()  # torch defaults: what SAM, CLIP and the projector keep
+        elif any(True for _ in module.parameters(recurse=False)):
+            raise ValueError(f"param_init_fn: no init rule for the parameters of {type(module).__name__}")
+
+    def materialize(self, device="cpu"):
+        """A model built under `torch.device("meta")` -> real tensors on `device`, initialized like a normal
+        build (what FSDP does per unit through param_init_fn, for a model that is not sharded)."""
+        for module in list(self.modules()):
+            own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+            if any(t.is_meta for t in own):
+                module.to_empty(device=device, recurse=False)
+                self.param_init_fn(module)
+        return self
+
+    # ---- the model ----------------------------------------------------------------------------------
 
     def encode_views(self, pixels):
         """(B, 3, S, S) -> (B, nq*nq, n_embd) projected vision vectors of square views, row-major.
