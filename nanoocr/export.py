@@ -9,8 +9,7 @@ DIR gets `model.safetensors` (NanoOCR state dict), `config.json` (the VLMConfig 
 image mode and prompt used in training) and `tokenizer.json` (or the tokenizer files). `load_model(DIR)`
 rebuilds the model from those files alone.
 
-Composer checkpoints are pickles. They are opened with `weights_only=True` and an allow-list of the few
-Composer/stdlib classes a checkpoint holds; a checkpoint needing anything else is refused, not executed.
+Composer checkpoints are pickles: nanoocr.checkpoint opens them without running pickled code.
 """
 from __future__ import annotations
 
@@ -79,95 +78,6 @@ def load_model(directory: str | Path, device: str = "cpu"):
     return model.to(device).eval(), tokenizer, meta
 
 
-def _strip_wrappers(key: str) -> str:
-    # FSDP and activation-checkpoint wrappers insert these into parameter names; the model has neither.
-    return key.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")
-
-
-def _model_state(state: dict, path) -> dict:
-    """`ComposerNanoOCR` keeps the network under `model.` (DDP adds `module.`) → NanoOCR's own keys."""
-    state = {_strip_wrappers(k): v for k, v in state.items()}
-    prefix = "module.model." if any(k.startswith("module.model.") for k in state) else "model."
-    out = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    if not out:
-        raise ValueError(f"{path}: no model weights in this checkpoint (no keys under '{prefix}')")
-    return out
-
-
-def load_composer_state(path: str | Path) -> dict:
-    """The model state dict inside a Composer checkpoint, without running any pickled code.
-
-    Monolithic (`ep0-ba100-rank0.pt`, `latest-rank0.pt`): torch.load with weights_only=True.
-    Sharded (`state_dict_type: sharded`: a folder `ep0-ba100/` of `__<rank>_0.distcp` files + `.metadata`,
-    which `latest-rank0.pt` links to): torch.distributed.checkpoint, read in this one process."""
-    path = Path(path)
-    if path.is_dir():
-        return _load_sharded_state(path)
-    import datetime
-
-    import numpy as np
-    # What a Composer checkpoint holds besides tensors: timedeltas, the torch version, numpy RNG states.
-    safe = [datetime.timedelta, torch.torch_version.TorchVersion, np._core.multiarray._reconstruct, np.ndarray,
-            np.dtype, np.dtypes.UInt32DType, np.dtypes.Int64DType, np.dtypes.Float64DType]
-    with torch.serialization.safe_globals(safe):
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    return _model_state(ckpt["state"]["model"], path)
-
-
-def _read_dcp_metadata(directory: Path):
-    """The `.metadata` file of a torch distributed checkpoint is a pickle: unpickle it admitting only the
-    checkpoint-metadata classes, torch dtypes/sizes and paths, so a planted file cannot run code."""
-    import io
-    import pathlib
-    import pickle
-
-    import torch.distributed.checkpoint.filesystem as fs
-    import torch.distributed.checkpoint.metadata as md
-    allowed = {("torch", "Size"): torch.Size, ("torch.serialization", "_get_layout"): torch.serialization._get_layout,
-               ("pathlib", "PosixPath"): pathlib.PosixPath, ("pathlib", "WindowsPath"): pathlib.WindowsPath,
-               ("torch.distributed.checkpoint.filesystem", "_StorageInfo"): fs._StorageInfo}
-    for name in ("Metadata", "TensorStorageMetadata", "TensorProperties", "ChunkStorageMetadata",
-                 "BytesStorageMetadata", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING"):
-        allowed[("torch.distributed.checkpoint.metadata", name)] = getattr(md, name)
-
-    class Restricted(pickle.Unpickler):
-        def find_class(self, module, name):
-            if (module, name) in allowed:
-                return allowed[(module, name)]
-            if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-                return getattr(torch, name)
-            raise pickle.UnpicklingError(f"{directory}/.metadata: refusing to unpickle {module}.{name} "
-                                         "(not a torch distributed-checkpoint metadata class)")
-
-    path = directory / ".metadata"
-    if not path.is_file():
-        raise FileNotFoundError(f"{directory}: no .metadata (not a sharded Composer checkpoint folder)")
-    return Restricted(io.BytesIO(path.read_bytes())).load()
-
-
-def _load_sharded_state(directory: Path) -> dict:
-    import warnings
-
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-    metadata = _read_dcp_metadata(directory)
-
-    class Reader(dcp.FileSystemReader):
-        def read_metadata(self):
-            return metadata
-
-    # Only the model's tensors are requested: they are read with torch.load(weights_only=True) by DCP; the
-    # checkpoint's pickled non-tensor objects (optimizer hyper-parameters, RNG states...) are never read.
-    flat = {k[len("state.model."):]: torch.empty(m.size, dtype=m.properties.dtype)
-            for k, m in metadata.state_dict_metadata.items()
-            if k.startswith("state.model.") and isinstance(m, TensorStorageMetadata)}
-    state = {"state": {"model": flat}}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-        dcp.load(state, storage_reader=Reader(str(directory)), no_dist=True)
-    return _model_state(state["state"]["model"], directory)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=True,
@@ -177,6 +87,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from omegaconf import OmegaConf as om
 
+    from nanoocr.checkpoint import load_composer_state
     from nanoocr.recipe import build_model, build_tokenizer
     ckpt = Path(args.checkpoint)
     cfg_path = Path(args.config) if args.config else next(

@@ -439,40 +439,70 @@ def build_trainer(cfg: dict):
 
     parallelism = None
     if cfg.get("fsdp_config") and device == "gpu":
-        parallelism = {"fsdp": cfg["fsdp_config"]}
-    trainer = Trainer(
-        run_name=run_name, model=composer_model, train_dataloader=train_spec, eval_dataloader=eval_spec,
-        eval_interval=cfg.get("eval_interval", 1), eval_subset_num_batches=cfg.get("eval_subset_num_batches", -1),
-        max_duration=cfg["max_duration"], optimizers=optimizer, schedulers=schedulers,
-        step_schedulers_every_batch=True, algorithms=algorithms, callbacks=callbacks, loggers=loggers,
-        device=device, precision=cfg.get("precision", "fp32" if device == "cpu" else "amp_bf16"),
-        device_train_microbatch_size=cfg.get("device_train_microbatch_size", batch_size),
-        parallelism_config=parallelism, seed=seed,
-        save_folder=cfg.get("save_folder"), save_interval=cfg.get("save_interval", "1ep"),
-        save_num_checkpoints_to_keep=cfg.get("save_num_checkpoints_to_keep", -1),
-        # A crash between writing a checkpoint and moving `latest` to it leaves a file newer than the one
-        # autoresume loads; resuming must be allowed to overwrite it, so autoresume implies overwrite.
-        save_overwrite=cfg.get("save_overwrite", cfg.get("autoresume", False)), autoresume=cfg.get("autoresume", False),
-        load_path=cfg.get("load_path"), load_weights_only=cfg.get("load_weights_only", False),
-        progress_bar=cfg.get("progress_bar", True), log_to_console=cfg.get("log_to_console", False),
-        console_log_interval=cfg.get("console_log_interval", "1ba"), dist_timeout=cfg.get("dist_timeout", 300.0),
-    )
+        # Composer wraps NanoOCR's own units (model.fsdp_wrap_fn) and, with `activation_checkpointing`, wraps
+        # the same units in checkpoint_wrapper (model.activation_checkpointing_fn): the model must not have
+        # done it already, so the model's checkpointing moves into the FSDP config.
+        fsdp = dict(cfg["fsdp_config"])
+        if model.activation_checkpointing:
+            model.set_activation_checkpointing(False)
+            fsdp["activation_checkpointing"] = True
+        parallelism = {"fsdp": fsdp}
+    # load_path, autoresume and stage chaining open pickles: Composer must not run code from them.
+    from nanoocr.checkpoint import CheckpointError, guard_composer_loading
+    guard_composer_loading()
+    try:
+        trainer = Trainer(
+            run_name=run_name, model=composer_model, train_dataloader=train_spec, eval_dataloader=eval_spec,
+            eval_interval=cfg.get("eval_interval", 1), eval_subset_num_batches=cfg.get("eval_subset_num_batches", -1),
+            max_duration=cfg["max_duration"], optimizers=optimizer, schedulers=schedulers,
+            step_schedulers_every_batch=True, algorithms=algorithms, callbacks=callbacks, loggers=loggers,
+            device=device, precision=cfg.get("precision", "fp32" if device == "cpu" else "amp_bf16"),
+            device_train_microbatch_size=cfg.get("device_train_microbatch_size", batch_size),
+            # Microbatch losses weighted by their loss-generating tokens (data.get_num_tokens_in_batch), so the
+            # step's loss and gradient are the per-token mean over the whole batch, however it is split.
+            accumulate_train_batch_on_tokens=True,
+            parallelism_config=parallelism, seed=seed,
+            save_folder=cfg.get("save_folder"), save_interval=cfg.get("save_interval", "1ep"),
+            save_num_checkpoints_to_keep=cfg.get("save_num_checkpoints_to_keep", -1),
+            # A crash between writing a checkpoint and moving `latest` to it leaves a file newer than the one
+            # autoresume loads; resuming must be allowed to overwrite it, so autoresume implies overwrite.
+            save_overwrite=cfg.get("save_overwrite", cfg.get("autoresume", False)), autoresume=cfg.get("autoresume", False),
+            load_path=cfg.get("load_path"), load_weights_only=cfg.get("load_weights_only", False),
+            progress_bar=cfg.get("progress_bar", True), log_to_console=cfg.get("log_to_console", False),
+            console_log_interval=cfg.get("console_log_interval", "1ba"), dist_timeout=cfg.get("dist_timeout", 300.0),
+        )
+    except CheckpointError as e:  # Composer copies the file to a temporary name first: say which one it was
+        raise CheckpointError(f"{_checkpoint_source(cfg)}: {e}") from None
     return trainer, model, tokenizer
 
 
+def _checkpoint_source(cfg: dict) -> str:
+    """The checkpoint Composer opens at start-up: autoresume's latest when there is one, else load_path."""
+    latest = Path(cfg.get("save_folder") or "") / "latest-rank0.pt"
+    if cfg.get("autoresume") and cfg.get("save_folder") and (latest.exists() or latest.is_symlink()):
+        return f"autoresume checkpoint {latest}"
+    return f"load_path {cfg.get('load_path')}"
+
+
 def train(cfg: dict):
-    """Trainer.fit(), then (rank 0) the final generation eval and an export; returns the Trainer."""
+    """Trainer.fit(), then (rank 0; every rank gathers the parameters when sharded) the final generation eval
+    and an export; returns the Trainer."""
     trainer, model, tokenizer = build_trainer(cfg)
     trainer.fit()
     run_folder = cfg.get("run_folder") or os.path.join("runs", cfg.get("run_name", "nanoocr"))
     mode = cfg["train_loader"]["dataset"].get("mode", "base")
 
-    if cfg.get("final_eval") and _is_rank0():
+    if cfg.get("final_eval"):
+        from nanoocr.distributed import full_params
         fe = cfg["final_eval"]
-        final_eval(fe, model, tokenizer, run_folder, mode)
-        if fe.get("export", True):
-            from nanoocr.export import export_model
-            export_model(model, tokenizer, Path(run_folder) / "export", mode=mode)
+        # Sharded (FSDP): gathering the parameters is collective, so every rank enters full_params; inside
+        # nothing communicates, and rank 0 alone evaluates and exports. Not sharded: a no-op.
+        with full_params(trainer.state.model):
+            if _is_rank0():
+                final_eval(fe, model, tokenizer, run_folder, mode)
+                if fe.get("export", True):
+                    from nanoocr.export import export_model
+                    export_model(model, tokenizer, Path(run_folder) / "export", mode=mode)
     _barrier()
     return trainer
 
@@ -487,5 +517,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    train(cfg)
+    from nanoocr.checkpoint import CheckpointError
+    try:
+        train(cfg)
+    except CheckpointError as e:  # a refused checkpoint is the user's input, not a crash: no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0

@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 
 from nanoocr import presets
-from nanoocr.export import export_model, load_composer_state, load_model
+from nanoocr.checkpoint import load_composer_state
+from nanoocr.export import export_model, load_model
 from nanoocr.vlm import NanoOCR
 
 ROOT = Path(__file__).resolve().parents[1]

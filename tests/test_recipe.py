@@ -138,7 +138,7 @@ def test_nonfinite_loss_stops_the_run_and_keeps_the_last_checkpoint(mds, tmp_pat
     trainer, model, _ = build_trainer(cfg)
     with pytest.raises(RuntimeError, match="not finite"):
         trainer.fit()
-    from nanoocr.export import load_composer_state
+    from nanoocr.checkpoint import load_composer_state
     ckpts = sorted((run / "ckpt").glob("ep*-ba*-rank0.pt"), key=lambda p: int(p.stem.split("-ba")[1].split("-")[0]))
     assert ckpts, "no checkpoint was written before the non-finite loss"
     state = load_composer_state(ckpts[-1])

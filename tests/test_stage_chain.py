@@ -160,7 +160,7 @@ def test_readme_real_run_chain(tmp_path):
         assert {"vision/mean_cosine", "eval_gen/exact_match", "eval_gen/cer"} <= keys, f"{stage}: {sorted(keys)}"
         assert (runs / stage / "checkpoints" / "latest-rank0.pt").exists()
 
-    from nanoocr.export import load_composer_state
+    from nanoocr.checkpoint import load_composer_state
     s1_state = load_composer_state(runs / "stage1/checkpoints/latest-rank0.pt")
     s2_state = load_composer_state(runs / "stage2/checkpoints/latest-rank0.pt")
     sam_keys = [k for k in s1_state if k.startswith("sam.")]

@@ -1,0 +1,74 @@
+"""Checkpoints the recipe loads (`load_path`, autoresume's `latest-rank0.pt`, export) never run pickled code.
+
+A payload is a pickle whose `__reduce__` would create a marker file; each way in must refuse it with an
+error naming the file, and the marker must not exist afterwards."""
+import os
+import pickle
+
+import pytest
+import torch
+
+from nanoocr.checkpoint import CheckpointError, load_composer_state, torch_load_safe
+from nanoocr.recipe import build_trainer, load_config
+from test_recipe import mds, shrink  # noqa: F401  (the shared fixture and overrides)
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def plant(path, marker):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state": {"model": {}, "evil": Payload(marker)}, "rng": []}, path)
+
+
+def test_torch_load_safe_refuses_a_payload(tmp_path):
+    plant(tmp_path / "evil.pt", tmp_path / "pwned")
+    with pytest.raises(CheckpointError, match="evil.pt: refusing to load.*GLOBAL posix.system"):
+        torch_load_safe(tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="refusing"):
+        load_composer_state(tmp_path / "evil.pt")
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.slow
+def test_load_path_payload_is_refused(mds, tmp_path):  # noqa: F811
+    plant(tmp_path / "evil.pt", tmp_path / "pwned")
+    cfg = load_config("yamls/stage2.yaml", shrink(tmp_path / "run", mds / "vision", extra=[
+        "max_duration=1ba", f"load_path={tmp_path / 'evil.pt'}", "load_weights_only=true"]))
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        build_trainer(cfg)
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.slow
+def test_planted_latest_checkpoint_is_refused_on_autoresume(mds, tmp_path):  # noqa: F811
+    run = tmp_path / "run"
+    plant(run / "ckpt" / "latest-rank0.pt", tmp_path / "pwned")
+    cfg = load_config("yamls/stage1.yaml", shrink(run, mds / "vision", extra=[
+        "max_duration=1ba", "autoresume=true", "run_name=planted"]))
+    with pytest.raises(CheckpointError, match="latest-rank0.pt"):
+        build_trainer(cfg)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_sharded_entry_payload_is_refused(tmp_path):
+    """A sharded checkpoint's non-tensor entries are pickles inside the shards: read weights-only."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+    from nanoocr.checkpoint import guard_composer_loading
+    dcp.save({"rng": {"x": Payload(tmp_path / "pwned")}, "w": torch.ones(2)},
+             storage_writer=dcp.FileSystemWriter(str(tmp_path / "ck")), no_dist=True)
+    guard_composer_loading()
+    state = {"rng": {"x": None}, "w": torch.zeros(2)}
+    from torch.distributed.checkpoint.api import CheckpointException
+    with pytest.raises(CheckpointException) as err:  # DCP wraps each rank's error (a BaseException subclass)
+        dcp.load(state, storage_reader=dcp.FileSystemReader(str(tmp_path / "ck")), planner=DefaultLoadPlanner(),
+                 no_dist=True)
+    assert "rng.x: refusing to load" in str(getattr(err.value, "failures", err.value))
+    assert not (tmp_path / "pwned").exists()
