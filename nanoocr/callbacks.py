@@ -6,6 +6,8 @@
   the same YAML freezes the same names again, so freezing survives resumption.
 - NonFiniteLossGuard: NaN/inf loss stops the run at AFTER_LOSS, i.e. before backward and the optimizer
   step, so no weight is touched by it and the last checkpoint on disk stays the last good one.
+- VisionCollapseMonitor and GenerationEval run the model outside its forward: on every rank, inside
+  nanoocr.distributed.full_params (whole parameters when the model is FSDP-sharded; a no-op otherwise).
 - VisionCollapseMonitor: mean pairwise cosine similarity of pooled vision features over a fixed probe
   set (the prototype's failure: it went 0.59 → 0.9998 in 500 steps when the encoder collapsed).
 - GenerationEval: exact match / CER by real greedy generation on a few held-out samples.
@@ -28,11 +30,8 @@ from composer.core import Algorithm, Callback, Event, State
 from composer.loggers import Logger, LoggerDestination
 from composer.utils import dist
 
-
-def _unwrap(model):
-    """ComposerNanoOCR under (possibly) a DDP wrapper → the NanoOCR module."""
-    model = getattr(model, "module", model)
-    return getattr(model, "model", model)
+from nanoocr.distributed import clean_name, full_params
+from nanoocr.distributed import unwrap as _unwrap  # ComposerNanoOCR / DDP / FSDP → the NanoOCR
 
 
 class FreezeModules(Algorithm):
@@ -47,8 +46,9 @@ class FreezeModules(Algorithm):
 
     def apply(self, event: Event, state: State, logger: Logger) -> None:
         # ComposerModel names are "model.<NanoOCR name>"; match whole path components only.
+        # Wrapper segments (`_checkpoint_wrapped_module.` of activation checkpointing) are not part of the name.
         prefixes = tuple(f"model.{m}." for m in self.modules)
-        named = dict(state.model.named_parameters())
+        named = {clean_name(n): p for n, p in state.model.named_parameters()}
         for m in self.modules:
             if not any(n.startswith(f"model.{m}.") for n in named):
                 raise ValueError(f"freeze: no parameters under module '{m}' "
@@ -87,7 +87,11 @@ class VisionCollapseMonitor(Callback):
 
     @torch.no_grad()
     def measure(self, model) -> float:
-        model = _unwrap(model)
+        # Every rank (collective under FSDP: the probe reads the whole encoder, outside FSDP's forward).
+        with full_params(model):
+            return self._measure(_unwrap(model))
+
+    def _measure(self, model) -> float:
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
@@ -128,8 +132,9 @@ class GenerationEval(Callback):
 
     def run(self, state: State, logger: Logger) -> None:
         from nanoocr.transcribe import evaluate_records
-        summary, _ = evaluate_records(_unwrap(state.model), self.tokenizer, self.samples, mode=self.mode,
-                                      max_new_tokens=self.max_new_tokens)
+        with full_params(state.model):  # every rank: collective under FSDP (generation runs outside its forward)
+            summary, _ = evaluate_records(_unwrap(state.model), self.tokenizer, self.samples, mode=self.mode,
+                                          max_new_tokens=self.max_new_tokens)
         logger.log_metrics({"eval_gen/exact_match": summary["exact_match"], "eval_gen/cer": summary["cer"]})
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
+from nanoocr.distributed import full_params, unwrap
 from nanoocr.engine import Engine
 from nanoocr.images import image_views, open_image
 from nanoocr.metrics import score, summarize
@@ -30,7 +31,17 @@ def build_prompt(tokenizer, image: Image.Image, prompt: str, mode: str, min_crop
 def transcribe(model, tokenizer, images: list, prompt: str = DEFAULT_PROMPT, mode: str = "base",
                max_new_tokens: int = 512, batch_size: int = 8, min_crops: int = 2, max_crops: int = 6,
                **generate_kwargs) -> list[str]:
-    """Greedy transcription of PIL images (or bytes/paths), `batch_size` images per generate call."""
+    """Greedy transcription of PIL images (or bytes/paths), `batch_size` images per generate call.
+
+    `model`: a NanoOCR, or the Trainer's wrapped model (ComposerNanoOCR / DDP / FSDP). Sharded (FSDP), pass
+    the outermost module and call this on every rank: its parameters are gathered (full_params) first."""
+    with full_params(model):
+        return _transcribe(unwrap(model), tokenizer, images, prompt, mode, max_new_tokens, batch_size, min_crops,
+                           max_crops, **generate_kwargs)
+
+
+def _transcribe(model, tokenizer, images, prompt, mode, max_new_tokens, batch_size, min_crops, max_crops,
+                **generate_kwargs):
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -53,7 +64,8 @@ def transcribe(model, tokenizer, images: list, prompt: str = DEFAULT_PROMPT, mod
 
 def evaluate_records(model, tokenizer, records: list[dict], mode: str = "base", max_new_tokens: int = 512,
                      batch_size: int = 8, **kwargs) -> tuple[dict, list[dict]]:
-    """Transcribe unified records (image + user prompt) and score against the assistant answer."""
+    """Transcribe unified records (image + user prompt) and score against the assistant answer.
+    `model` as in `transcribe` (sharded: every rank, the outermost module)."""
     def prompt_of(r):  # the first user turn (a leading system message is not part of the image prompt)
         return next(m["content"] for m in r["messages"] if m["role"] == "user")
 

@@ -170,7 +170,11 @@ class NanoOCR(nn.Module):
             yield clean_name(name), p
 
     def _gpt_init_roles(self) -> dict:
-        # id(module) -> how GPT.init_weights initializes it (nanochat's table in nanoocr/gpt.py)
+        # id(module) -> how GPT.init_weights initializes it (nanochat's d20 table in nanoocr/gpt.py)
+        layout = getattr(self.config.gpt, "layout", "d20")
+        if layout != "d20":
+            raise NotImplementedError(f"param_init_fn (meta-device init) knows GPT layout 'd20' only, not {layout!r}: "
+                                      "add its per-module rules (GPT.init_weights' table) to NanoOCR.param_init_fn")
         roles = {id(self.gpt): "rotary", id(self.gpt.transformer.wte): "embedding", id(self.gpt.lm_head): "zeros"}
         for name, m in self.gpt.named_modules():
             if isinstance(m, nn.Linear) and id(m) not in roles:
@@ -307,4 +311,4 @@ class NanoOCR(nn.Module):
         if images is None and (crops is not None or tiles is not None):
             raise ValueError("crops/tiles given without images")
         vision = None if images is None else self.encode_images(images, crops, tiles)
-        return self.gpt.trunk(self.embed(ids, vision), targets, loss_reduction=loss_reduction)
+        return self.gpt.trunk(self.embed(ids, vision), targets, loss_reduction=loss_reduction, ids=ids)

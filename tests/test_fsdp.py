@@ -120,10 +120,73 @@ def worker():
     with FSDP.state_dict_type(fsdp, StateDictType.FULL_STATE_DICT, FullStateDictConfig(rank0_only=False)):
         sd = fsdp.state_dict()
     assert list(sd) == keys, [k for k in sd if k not in keys][:5]
+
+    # 5. meta-device build, materialized by FSDP per module through the model's param_init_fn (as Composer's
+    # prepare_fsdp_module does, on CPU here): whole parameters = a normal build's kind of init
+    with torch.device("meta"):
+        meta = NanoOCR(tiny_config(activation_checkpointing=True))
+
+    def init(module):  # Composer's _param_init_fn, with the device it hard-codes as cuda
+        if any(t.is_meta for t in [*module.parameters(recurse=False), *module.buffers(recurse=False)]):
+            module.to_empty(device="cpu", recurse=False)
+            meta.param_init_fn(module)
+
+    sharded = FSDP(meta, auto_wrap_policy=CustomPolicy(meta.fsdp_wrap_fn), use_orig_params=True,
+                   device_id=torch.device("cpu"), param_init_fn=init)
+    with full_params(sharded):
+        nano = unwrap(sharded)
+        assert not any(t.is_meta for t in [*nano.parameters(), *nano.buffers()])
+        assert torch.equal(nano.gpt.cos, ref.gpt.cos) and torch.equal(nano.gpt.sin, ref.gpt.sin)
+        assert not nano.gpt.lm_head.weight.any() and not any(b.mlp.c_proj.weight.any() for b in nano.gpt.transformer.h)
+        assert nano.gpt.transformer.h[0].attn.c_q.weight.std() > 0.05
+        out = Engine(nano).generate([prompt], **kw)  # runs (zero lm_head: argmax 0 every step)
+        assert out == [[0] * 12], out
     dist.barrier()
     if rank == 0:
         print("FSDP OK", flush=True)
     dist.destroy_process_group()
+
+
+def test_meta_build_then_materialize_matches_a_normal_build():
+    from nanoocr.vlm import NanoOCR
+    cfg = tiny_config(activation_checkpointing=True)
+    torch.manual_seed(0)
+    normal = NanoOCR(cfg)
+    with torch.device("meta"):
+        meta = NanoOCR(cfg)
+    assert all(p.is_meta for p in meta.parameters())
+    meta.materialize("cpu")
+    a, b = normal.state_dict(), meta.state_dict()
+    assert list(a) == list(b) and not any("_checkpoint_wrapped_module" in k for k in a)
+    for k in a:
+        assert a[k].shape == b[k].shape and a[k].dtype == b[k].dtype and not b[k].is_meta, k
+        if a[k].numel() == 1 or a[k].std() == 0:  # constant inits (zeros, ones): identical
+            assert torch.equal(a[k], b[k]), k
+        elif a[k].numel() >= 500:
+            assert abs(b[k].std() / a[k].std() - 1) < 0.15, (k, a[k].std(), b[k].std())
+            assert abs(b[k].mean() - a[k].mean()) < 0.15 * a[k].std() + 1e-3, k
+    # GPT's zero-init projections and lm_head are zeros; the rotary tables (non-persistent) are real
+    assert not meta.gpt.lm_head.weight.any()
+    assert all(not blk.attn.c_proj.weight.any() and not blk.mlp.c_proj.weight.any() for blk in meta.gpt.transformer.h)
+    assert torch.equal(meta.gpt.cos, normal.gpt.cos) and torch.equal(meta.gpt.sin, normal.gpt.sin)
+
+
+def test_wrap_and_checkpoint_units_without_fsdp():
+    from nanoocr.vlm import WRAP_UNITS, NanoOCR
+    m = NanoOCR(tiny_config())
+    units = [x for x in m.modules() if m.fsdp_wrap_fn(x)]
+    assert len(units) == 2 + 2 + 3 and all(isinstance(u, WRAP_UNITS) for u in units)
+    assert not m.fsdp_wrap_fn(m.gpt) and not m.fsdp_wrap_fn(m.projector) and not m.fsdp_wrap_fn(m.sam)
+    names = [n for n, _ in m.named_parameters()]
+    m.set_activation_checkpointing(True)
+    m.set_activation_checkpointing(True)  # idempotent: never wrapped twice
+    wrappers = [x for x in m.modules() if type(x).__name__ == "CheckpointWrapper"]
+    assert len(wrappers) == len(units) and m.activation_checkpointing
+    assert not any(m.activation_checkpointing_fn(x) for x in m.modules())  # all done: Composer adds none
+    assert [n for n, _ in m.named_parameters()] == names and list(m.state_dict()) == names
+    assert all(m.fsdp_wrap_fn(w) for w in wrappers) and not any(m.fsdp_wrap_fn(u) for u in units)
+    m.set_activation_checkpointing(False)
+    assert not m.activation_checkpointing and [x for x in m.modules() if m.fsdp_wrap_fn(x)] == units
 
 
 def ref_units(model):
