@@ -113,7 +113,7 @@ class Engine:
                                dtype=gpt.lm_head.weight.dtype, device=device)
             x = self._embed(ids, vision)  # (B, L, C)
             logits = gpt.trunk(x, kv_cache=kv_cache, positions=positions if padded else None,
-                               attn_mask=valid[:, :L] if padded else None, last_only=True)[:, -1]
+                               attn_mask=valid[:, :L] if padded else None, last_only=True, ids=ids)[:, -1]
 
         out = [[] for _ in range(B)]
         done = [False] * B
@@ -124,7 +124,7 @@ class Engine:
                 T = seq.size(1)
                 pos = torch.cat([positions, lengths_t[:, None] + torch.arange(T - L, device=device)[None]], 1)
                 logits = gpt.trunk(self._embed(seq, vision), positions=pos if padded else None,
-                                   attn_mask=valid[:, :T] if padded else None, last_only=True)[:, -1]
+                                   attn_mask=valid[:, :T] if padded else None, last_only=True, ids=seq)[:, -1]
             logits = logits.float()
             if image_id is not None:
                 logits[:, image_id] = float("-inf")  # an image position without vision vectors is meaningless
@@ -148,5 +148,6 @@ class Engine:
             if use_cache:
                 x = gpt.embed(next_ids[:, None])  # (B, 1, C): generated tokens are text
                 logits = gpt.trunk(x, kv_cache=kv_cache, positions=(lengths_t + step)[:, None] if padded else None,
-                                   attn_mask=valid[:, :L + step + 1] if padded else None, last_only=True)[:, -1]
+                                   attn_mask=valid[:, :L + step + 1] if padded else None, last_only=True,
+                                   ids=next_ids[:, None])[:, -1]
         return out
