@@ -43,6 +43,7 @@ TILE = 640  # gundam tile side
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "JPEG2000")
 # A 600 dpi A4 scan is ~35M pixels; anything far beyond that is more likely a bomb than a page.
 MAX_PIXELS = 50_000_000
+MAX_ASPECT = 200  # the longest side at most 200x the shortest: every mode's views keep >= 2 px across
 
 
 class ImageError(ValueError):
@@ -94,6 +95,9 @@ def _decode(fp, max_pixels: int) -> Image.Image:
         raise ImageError(f"too many pixels: {w}x{h} = {w * h} > limit {max_pixels} (decompression bomb guard)")
     if w == 0 or h == 0:
         raise ImageError(f"image has zero size {w}x{h}")
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        # Padded into a square view, the short side would shrink below a pixel (1x20000 -> 0 x 1024).
+        raise ImageError(f"aspect ratio {w}x{h} is more extreme than {MAX_ASPECT}:1")
     try:
         img.load()  # decode now: truncated data must fail here, not later in a loader worker
     except Exception as e:  # PIL plugins raise OSError, SyntaxError, ValueError, EOFError... on broken data

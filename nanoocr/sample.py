@@ -12,6 +12,9 @@ import tempfile
 from pathlib import Path
 
 
+MAX_NEW_TOKENS = 32768
+
+
 def pdf_page_png(pdf: Path, page: int, dpi: int = 144) -> bytes:
     """Rasterize one page with poppler's pdftoppm at 144 dpi, as the training pages were."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -35,6 +38,15 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt", help="user prompt containing <image> (default: the training prompt)")
     ap.add_argument("--max-new-tokens", type=int, default=1024)
     args = ap.parse_args(argv)
+    from nanoocr.images import MODES
+    if args.page < 1:
+        ap.error(f"--page must be >= 1 (pages are numbered from 1), got {args.page}")
+    if args.mode is not None and args.mode not in MODES:
+        ap.error(f"--mode must be one of {', '.join(sorted(MODES))}, got {args.mode!r}")
+    if args.prompt is not None and args.prompt.count("<image>") != 1:
+        ap.error(f"--prompt must contain <image> exactly once, got {args.prompt!r}")
+    if not 1 <= args.max_new_tokens <= MAX_NEW_TOKENS:
+        ap.error(f"--max-new-tokens must be in 1..{MAX_NEW_TOKENS}, got {args.max_new_tokens}")
 
     from nanoocr.export import load_model
     from nanoocr.images import ImageError, open_image
@@ -51,8 +63,12 @@ def main(argv=None) -> int:
         print(f"error: {path}: {e}", file=sys.stderr)
         return 2
     model, tokenizer, meta = load_model(args.model)
-    text = transcribe(model, tokenizer, [image], prompt=args.prompt or meta.get("prompt", "<image>\nFree OCR."),
-                      mode=args.mode or meta.get("mode", "base"), max_new_tokens=args.max_new_tokens)[0]
+    try:
+        text = transcribe(model, tokenizer, [image], prompt=args.prompt or meta.get("prompt", "<image>\nFree OCR."),
+                          mode=args.mode or meta.get("mode", "base"), max_new_tokens=args.max_new_tokens)[0]
+    except ImageError as e:  # e.g. an aspect ratio no view of this mode can hold
+        print(f"error: {path}: {e}", file=sys.stderr)
+        return 2
     print(text)
     return 0
 

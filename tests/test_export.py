@@ -182,3 +182,64 @@ def test_sharded_metadata_pickle_payload_is_refused(tmp_path):
     with pytest.raises(pickle.UnpicklingError, match="refusing to unpickle"):
         load_composer_state(folder)
     assert not marker.exists()
+
+
+def _export(tmp_path):
+    from nanoocr.tokenizer import Tokenizer
+    tok = Tokenizer.train_from_iterator(["Free OCR. hello world"] * 4, vocab_size=300)
+    return export_model(tiny_model(tok.vocab_size, tok.image_id), tok, tmp_path / "export")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    (("gpt", "n_layer"), 100000, "gpt.n_layer = 100000 but model.safetensors holds 2"),
+    (("sam", "depth"), 7, "sam.depth = 7 but model.safetensors holds 2"),
+    (("gpt", "n_embd"), 128, "does not match config.json"),
+    (("gpt", "sequence_len"), 10 ** 9, "sequence_len = 1000000000 is outside"),
+])
+def test_untrusted_export_config_is_checked_before_allocating(tmp_path, key, value, message):
+    import json
+    import time
+    out = _export(tmp_path)
+    meta = json.loads((out / "config.json").read_text())
+    meta["model"][key[0]][key[1]] = value
+    (out / "config.json").write_text(json.dumps(meta))
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=message):
+        load_model(out)
+    assert time.perf_counter() - t0 < 10, "refused only after building the model"
+
+
+def test_export_refuses_symlinks_and_existing_exports(tmp_path):
+    out = _export(tmp_path)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        export_model(*load_model(out)[:2], out, overwrite=False)
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / "link")
+    with pytest.raises(ValueError, match="symlink"):
+        export_model(*load_model(out)[:2], tmp_path / "link")
+    victim = tmp_path / "victim.bin"
+    victim.write_bytes(b"keep")
+    (tmp_path / "e2").mkdir()
+    os.symlink(victim, tmp_path / "e2" / "model.safetensors")
+    with pytest.raises(ValueError, match="symlink"):
+        export_model(*load_model(out)[:2], tmp_path / "e2")
+    assert victim.read_bytes() == b"keep"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--page", "0"], "--page must be >= 1"),
+    (["--mode", "huge"], "--mode must be one of"),
+    (["--prompt", "Free OCR."], "--prompt must contain <image> exactly once"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be in"),
+    (["--image-size", "thin"], "aspect ratio 1x20000 is more extreme than 200:1"),
+])
+def test_sample_refuses_bad_arguments_by_name(tmp_path, args, message):
+    from PIL import Image
+    out = _export(tmp_path)
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "ok.png")
+    Image.new("RGB", (1, 20000), "white").save(tmp_path / "thin.png")
+    image = tmp_path / ("thin.png" if args == ["--image-size", "thin"] else "ok.png")
+    args = [] if args[0] == "--image-size" else args
+    r = subprocess.run([sys.executable, "-m", "nanoocr.sample", "--model", str(out), "--image", str(image), *args],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
