@@ -113,14 +113,10 @@ def guard_composer_loading() -> None:
     _guarded = True
 
 
-def _strip_wrappers(key: str) -> str:
-    # FSDP and activation-checkpoint wrappers insert these into parameter names; the model has neither.
-    return key.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")
-
-
 def _model_state(state: dict, path) -> dict:
     """`ComposerNanoOCR` keeps the network under `model.` (DDP adds `module.`) → NanoOCR's own keys."""
-    state = {_strip_wrappers(k): v for k, v in state.items()}
+    from nanoocr.distributed import clean_name  # FSDP / checkpoint-wrapper segments the model does not have
+    state = {clean_name(k): v for k, v in state.items()}
     prefix = "module.model." if any(k.startswith("module.model.") for k in state) else "model."
     out = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if not out:
