@@ -36,15 +36,13 @@ from __future__ import annotations
 
 import collections
 import functools
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
-from streaming import LocalDataset, Stream, StreamingDataLoader, StreamingDataset
-from streaming.base.compression import decompress
+from streaming import Stream, StreamingDataLoader, StreamingDataset
 
 from nanoocr.images import MODES
 from nanoocr.processing import LOSS_POLICIES, OVERFLOW_POLICIES, SampleError, process_sample
@@ -378,23 +376,59 @@ def build_dataloader(cfg, tokenizer, device_batch_size: int) -> OCRDataLoader:
     )
 
 
-def read_mds(local: str | Path, limit: int | None = None) -> list[dict]:
-    """Raw unified records of a local MDS folder, in index order (for tokenizer training and evals).
+def read_records(remote: str | None = None, local: str | Path | None = None, limit: int | None = None,
+                 split: str | None = None) -> list[dict]:
+    """The first `limit` raw unified records (all when None) of one MDS stream, in index order.
 
-    Compressed shards are decompressed next to themselves first, as StreamingDataset does when it reads
-    a local folder, so that streaming.LocalDataset can read them."""
-    index = json.loads((Path(local) / "index.json").read_text())
-    for shard in index["shards"]:
-        raw, zipped = Path(local) / shard["raw_data"]["basename"], shard.get("zip_data")
-        if not raw.exists() and zipped:
-            tmp = raw.with_suffix(raw.suffix + ".tmp")
-            tmp.write_bytes(decompress(shard["compression"], (Path(local) / zipped["basename"]).read_bytes()))
-            tmp.rename(raw)  # atomic: a concurrent reader never sees half a shard
-    ds = LocalDataset(local=str(local))
-    n = len(ds) if limit is None else min(limit, len(ds))
-    rows = []
-    for i in range(n):
-        row = ds[i]
-        rows.append({"id": row["id"], "source": row.get("source", ""), "messages": row["messages"],
-                     "image": row["image"] or None})
+    For tokenizer training, the callbacks' probe / held-out samples and the final eval. Reads through
+    Streaming's own `Stream(remote, local, split)`, exactly as the training stream with the same
+    arguments would, so a remote dataset works before any training sample was read (`local` may hold
+    only `index.json`, or nothing at all):
+        remote=None, local=DIR       a local MDS folder, read in place (zstd shards are decompressed
+                                     next to themselves, as StreamingDataset does: DIR must be writable);
+        remote=URL_OR_DIR, local=DIR `index.json` and the shards are fetched into the cache DIR
+                                     (s3://, gs://, ..., or a plain folder) unless already there;
+        remote=URL_OR_DIR, local=None a private temporary cache, deleted before returning.
+    Only the shards that hold the first `limit` rows are fetched. This is a separate `Stream`, never a
+    training dataset: no StreamingDataset shared memory and no distributed collective, so any one rank
+    may call it alone (rank 0 in `final_eval`). Concurrent callers on one machine sharing a cache are
+    serialized by a file lock while they fetch and decompress."""
+    import hashlib
+    import shutil
+    import tempfile
+
+    from filelock import FileLock
+    from streaming.base.world import World
+
+    if remote is None and local is None:
+        raise ValueError("read_records needs `local` (an MDS folder or cache) and/or `remote`")
+    remote = str(remote) if remote else None
+    if remote is None and not os.path.isfile(os.path.join(local, split or "", "index.json")):
+        raise FileNotFoundError(f"no MDS index at {os.path.join(local, split or '', 'index.json')} "
+                                "(and no remote to fetch it from)")
+    private = local is None
+    local = tempfile.mkdtemp(prefix="nanoocr-read-") if private else str(local)
+    os.makedirs(local, exist_ok=True)
+    stream = Stream(remote=remote, local=local, split=split)
+    stream.apply_default({"split": None, "download_retry": 2, "download_timeout": 120, "validate_hash": None,
+                          "keep_zip": False})
+    key = hashlib.blake2s(os.path.realpath(local).encode(), digest_size=8).hexdigest()
+    lock = FileLock(os.path.join(tempfile.gettempdir(), f"nanoocr-read-{key}.lock"))
+    one_process = World(num_nodes=1, ranks_per_node=1, workers_per_rank=1, worker=0)  # this process fetches
+    rows: list[dict] = []
+    try:
+        with lock:
+            shards = stream.get_shards(one_process, allow_unsafe_types=False)
+        for shard in shards:
+            if limit is not None and len(rows) >= limit:
+                break
+            with lock:
+                stream.prepare_shard(shard)
+            for j in range(shard.samples if limit is None else min(shard.samples, limit - len(rows))):
+                row = shard.get_item(j)
+                rows.append({"id": row["id"], "source": row.get("source", ""), "messages": row["messages"],
+                             "image": row["image"] or None})  # MDS stores "no image" as b""
+    finally:
+        if private:
+            shutil.rmtree(local, ignore_errors=True)
     return rows

@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from nanoocr.data import read_mds
+from nanoocr.data import read_records
 
 METRICS = ["exact_match", "cer", "edit_distance", "edit_distance_omnidoc", "fox_precision", "fox_recall", "fox_f1"]
 # Which direction is better, for the table: readers should not have to remember that CER is an error rate.
@@ -44,7 +44,7 @@ def load_records(spec: str, limit: int | None = None) -> tuple[list[dict], Path 
     if path.is_dir():
         if not (path / "index.json").is_file():
             raise ValueError(f"{spec}: a folder but not an MDS dataset (no index.json)")
-        return read_mds(path, limit), None
+        return read_records(local=path, limit=limit), None
     if path.suffix == ".jsonl":
         if not path.is_file():
             raise ValueError(f"{spec}: no such file")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf as om
 
-from nanoocr.data import read_mds
+from nanoocr.data import read_records
 
 log = logging.getLogger("nanoocr")
 
@@ -293,7 +293,18 @@ def build_data(items: list[dict]) -> None:
         _barrier()
 
 
-def build_tokenizer(tcfg: dict, run_folder: str, train_dirs: list[str]):
+def _stream_source(stream: dict) -> dict:
+    """A stream config's `remote`/`local`/`split`: `read_records` reads what the training stream reads."""
+    return {"remote": stream.get("remote"), "local": stream.get("local"), "split": stream.get("split")}
+
+
+def _data_source(data: str) -> dict:
+    """`final_eval.data`: a remote URL (s3://..., read through a private cache) or a local MDS folder."""
+    return {"remote": data} if "://" in str(data) else {"local": data}
+
+
+def build_tokenizer(tcfg: dict, run_folder: str, train_streams: list[dict]):
+    """A given tokenizer, or a small BPE trained on the texts of `train_streams` (stream configs)."""
     from nanoocr.tokenizer import Tokenizer, load_nanochat_tokenizer
     if tcfg.get("path"):
         if tcfg.get("kind", "nanoocr") == "nanochat":
@@ -302,7 +313,8 @@ def build_tokenizer(tcfg: dict, run_folder: str, train_dirs: list[str]):
     # No tokenizer given: train a small BPE on the training texts (Tier-1 trains everything from scratch).
     out = Path(run_folder) / "tokenizer"
     if not (out / "tokenizer.json").exists() and _is_rank0():
-        texts = [m["content"] for d in train_dirs for r in read_mds(d) for m in r["messages"]]
+        texts = [m["content"] for s in train_streams for r in read_records(**_stream_source(s))
+                 for m in r["messages"]]
         tok = Tokenizer.train_from_iterator(texts, vocab_size=tcfg.get("train_vocab_size", 512))
         tok.save(out)
         print(f"[nanoocr] trained a {tok.vocab_size}-token BPE on {len(texts)} texts → {out}", flush=True)
@@ -342,9 +354,10 @@ def build_loader(lcfg: dict, tokenizer, batch_size: int):
 
 
 def final_eval(ecfg: dict, model, tokenizer, run_folder: str, mode: str) -> dict:
-    """Greedy-transcribe every record of an MDS folder; one line per sample, then `exact_match: K/N`."""
+    """Greedy-transcribe every record (or `limit`) of an MDS folder or remote URL; one line per sample, then
+    `exact_match: K/N`."""
     from nanoocr.transcribe import evaluate_records
-    records = [r for r in read_mds(ecfg["data"], ecfg.get("limit")) if r["image"]]
+    records = [r for r in read_records(**_data_source(ecfg["data"]), limit=ecfg.get("limit")) if r["image"]]
     summary, rows = evaluate_records(model, tokenizer, records, mode=ecfg.get("mode", mode),
                                      max_new_tokens=ecfg.get("max_new_tokens", 64))
     for row in rows:
@@ -403,8 +416,8 @@ def build_trainer(cfg: dict):
         om.save(om.create(cfg), Path(run_folder) / "config.yaml")
 
     build_data(cfg.get("build_data"))
-    train_dirs = [s["local"] for _, s in _streams(cfg["train_loader"]["dataset"])]
-    tokenizer = build_tokenizer(cfg.get("tokenizer") or {}, run_folder, train_dirs)
+    train_streams = [s for _, s in _streams(cfg["train_loader"]["dataset"])]
+    tokenizer = build_tokenizer(cfg.get("tokenizer") or {}, run_folder, train_streams)
     model = build_model(cfg["model"], tokenizer)
     composer_model = ComposerNanoOCR(model)
     mode = cfg["train_loader"]["dataset"].get("mode", "base")
@@ -425,12 +438,13 @@ def build_trainer(cfg: dict):
 
     def probe_images(n):
         from nanoocr.images import image_views, open_image
-        recs = [r for d in train_dirs for r in read_mds(d, limit=n) if r["image"]][:n]
+        # Read through each stream's remote + local, like the training stream (the cache may be empty).
+        recs = [r for s in train_streams for r in read_records(**_stream_source(s), limit=n) if r["image"]][:n]
         return torch.stack([image_views(open_image(r["image"]), mode).global_view for r in recs])
 
     def heldout(n):
-        src = _streams((cfg.get("eval_loader") or cfg["train_loader"])["dataset"])[0][1]["local"]
-        return [r for r in read_mds(src, limit=4 * n) if r["image"]][:n]
+        src = _streams((cfg.get("eval_loader") or cfg["train_loader"])["dataset"])[0][1]
+        return [r for r in read_records(**_stream_source(src), limit=4 * n) if r["image"]][:n]
 
     ctx = {"tokenizer": tokenizer, "run_folder": run_folder, "mode": mode, "measure_peak": measure_matmul_peak,
            "probe_images": probe_images, "heldout": heldout}

@@ -75,8 +75,8 @@ def test_evaluate_mds_folder(setup, tmp_path):
 
 
 def test_evaluate_jsonl_reports_skips(setup, tmp_path):
-    from nanoocr.data import read_mds
-    recs = read_mds(setup / "mds", limit=3)
+    from nanoocr.data import read_records
+    recs = read_records(local=setup / "mds", limit=3)
     data = tmp_path / "data"
     (data / "img").mkdir(parents=True)
     (tmp_path / "outside.png").write_bytes(recs[0]["image"])

@@ -52,8 +52,8 @@ def run_pages(*args) -> subprocess.CompletedProcess:
 
 
 def mds_ids(folder: Path) -> list[str]:
-    from nanoocr.data import read_mds
-    return [r["id"] for r in read_mds(folder)]
+    from nanoocr.data import read_records
+    return [r["id"] for r in read_records(local=folder)]
 
 
 def test_pick_pages_and_split_rules():
@@ -108,8 +108,8 @@ def test_generated_pdfs(tmp_path):
     assert "a.pdf#p4" in train + val and "a.pdf#p3" not in train + val
 
     # ground truth is the page's text layer
-    from nanoocr.data import read_mds
-    rec = next(r for r in read_mds(out / "train") + read_mds(out / "val") if r["id"] == "a.pdf#p1")
+    from nanoocr.data import read_records
+    rec = next(r for r in read_records(local=out / "train") + read_records(local=out / "val") if r["id"] == "a.pdf#p1")
     assert rec["messages"][1]["content"].startswith(LINE.format(i=0, p=1))
     assert rec["image"][:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -165,8 +165,8 @@ def test_tier1_yaml_through_composer_launcher_then_export_and_sample(tmp_path):
     out = subprocess.run([PY, "-m", "nanoocr.export", "--checkpoint", str(ckpt), "--config", str(run / "config.yaml"),
                           "--out", str(export)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    from nanoocr.data import read_mds
-    rec = read_mds(str(data), limit=1)[0]
+    from nanoocr.data import read_records
+    rec = read_records(local=str(data), limit=1)[0]
     image = tmp_path / "page.png"
     image.write_bytes(rec["image"])
     probe = "import sys, nanoocr.sample; nanoocr.sample.main(sys.argv[1:]); print('composer' in sys.modules)"
