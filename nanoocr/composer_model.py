@@ -5,7 +5,7 @@ The model itself (nanoocr.vlm) runs without Composer; this file only adapts it t
 - metrics: LanguageCrossEntropy and token accuracy (MaskedAccuracy), both ignoring -1.
 - `flops_per_batch(batch)` (SpeedMonitor → MFU): 3x the forward FLOPs of the vision encoder per view
   size (counted once with torch's FlopCounterMode on the meta device), plus nanochat's GPT estimate
-  6*N + 12*L*H*Dh*T per token.
+  6*N + 12*L*H*Dh*T per token (N from a meta-device twin: correct when the model is FSDP-sharded).
 Batch splitting for microbatches and sample/token counting live with the batch format, in nanoocr.data.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ from composer.metrics.nlp import LanguageCrossEntropy, MaskedAccuracy
 from composer.models import ComposerModel
 from torch.utils.flop_counter import FlopCounterMode
 
+from nanoocr.gpt import GPT
 from nanoocr.vlm import NanoOCR
 
 def vision_forward_flops(model: NanoOCR, size: int) -> int:
@@ -42,6 +43,7 @@ class ComposerNanoOCR(ComposerModel):
                             "TokenAccuracy": MaskedAccuracy(ignore_index=-1)}
         self._vocab = vocab
         self._vision_flops: dict[int, int] = {}
+        self._meta_gpt: dict = {}  # in a dict, so it is not registered as a submodule (see flops_per_batch)
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.model(batch["ids"], None, batch.get("images"), batch.get("crops"), batch.get("tiles"))
@@ -64,7 +66,11 @@ class ComposerNanoOCR(ComposerModel):
 
     def flops_per_batch(self, batch: dict) -> float:
         B, T = batch["ids"].shape
-        gpt = self.model.gpt.estimate_flops(seq_len=T) * B * T
+        # Counted on a meta-device twin: under FSDP `self.model`'s parameters are this rank's shards.
+        if "gpt" not in self._meta_gpt:
+            with torch.device("meta"):
+                self._meta_gpt["gpt"] = GPT(self.model.config.gpt)
+        gpt = self._meta_gpt["gpt"].estimate_flops(seq_len=T) * B * T
         vision = 0
         views = []
         if batch.get("images") is not None:
