@@ -1,7 +1,7 @@
 """Convert data sources into Streaming MDS shards, validating every record and reporting every rejection.
 
     python -m nanoocr.convert_to_mds --input SPEC [--input SPEC ...] --out DIR_OR_URL [--workers N]
-        [--max-side PX] [--max-pixels N] [--compression zstd|none] [--limit N]
+        [--max-side PX] [--max-pixels N] [--compression zstd|none] [--limit N] [--pdf-root DIR]
 
 SPEC is one of
     path/to/file.jsonl             one unified conversation per line: {"id"?, "source"?, "messages": [...],
@@ -12,10 +12,13 @@ SPEC is one of
     synthetic:<generator>:<n>[:<seed>]     a built-in generator (nanoocr.synthetic.GENERATORS)
 
 Output: MDS columns `id` str, `source` str, `messages` json, `image` bytes (original encoding; b"" when
-none), plus `rejected.jsonl` (one {"id", "reason", "source"} per rejection) and `summary.json`
-({"read", "written", "rejected", "by_source", "by_reason", "seconds", "records_per_s"}) with
-read == written + rejected, asserted. The exit code is 0 whenever the conversion ran to the end, whatever
-it rejected; 2 for usage errors (a bad SPEC, an unusable --out).
+none), plus `rejected.jsonl` (one {"id", "reason", "source"} per rejection) and `summary.json` ({"read",
+"written", "rejected", "by_source", "by_reason", "reason_examples", "seconds", "records_per_s"}) with
+read == written + rejected, asserted. With a remote --out they are uploaded beside the shards
+(URL/rejected.jsonl, URL/summary.json). Exit codes: 0 when the conversion ran to the end and wrote at least
+one record; 1 when it wrote nothing (every record rejected, or none read: the most common rejection reason
+is printed); 2 for usage errors (a bad SPEC, an unusable --out, a source that needs local files it was not
+given, e.g. `hf:allenai/olmOCR-mix-1025` without `--pdf-root`), reported before anything is read.
 
 Notable features:
 - validation (`nanoocr.records.validate_record`: conversation shape, `<image>` tags, UTF-8, paths inside
@@ -85,8 +88,16 @@ def task_records(task) -> Iterator[dict]:
             yield {"id": f"{task.name}:{i}", "source": task.name, "error": f"task failed: {type(e).__name__}: {e}"}
 
 
-def parse_spec(spec: str, workers: int = 1) -> tuple[Iterator[dict], Path | None]:
-    """(record iterator, data root for relative image paths) for one --input SPEC, or SpecError."""
+def _task_kwargs(cls, pdf_root: str | None) -> dict:
+    """The options a Task class accepts among those given on the command line (now: --pdf-root)."""
+    import inspect
+    return {"pdf_root": pdf_root} if pdf_root and "pdf_root" in inspect.signature(cls.__init__).parameters else {}
+
+
+def parse_spec(spec: str, workers: int = 1, pdf_root: str | None = None) -> tuple[Iterator[dict], Path | None]:
+    """(record iterator, data root for relative image paths) for one --input SPEC, or SpecError.
+
+    `pdf_root` goes to the Tasks that read PDFs from a local copy of their repo (OlmOCR)."""
     kind, _, rest = spec.partition(":")
     if kind == "pdf":
         from nanoocr.pdf import pdf_pages
@@ -106,6 +117,7 @@ def parse_spec(spec: str, workers: int = 1) -> tuple[Iterator[dict], Path | None
         return itertools.chain([first] if first is not None else [], records), None
     if kind in ("hf", "task"):
         import nanoocr.tasks as tasks
+        from nanoocr.tasks.common import NeedsLocalFiles
         parts = rest.split(":")
         try:
             if kind == "hf":
@@ -115,16 +127,20 @@ def parse_spec(spec: str, workers: int = 1) -> tuple[Iterator[dict], Path | None
                     raise SpecError(f"{spec}: no Task reads {parts[0]!r} from the hub (known: {known}); "
                                     "for a downloaded release use task:<Name>:<path>")
                 config = parts[1] if len(parts) > 1 and parts[1] else None
-                task = matches[0](split=parts[2] if len(parts) > 2 else "train", config=config)
+                task = matches[0](split=parts[2] if len(parts) > 2 else "train", config=config,
+                                  **_task_kwargs(matches[0], pdf_root))
             else:
                 cls = getattr(tasks, parts[0], None)
                 if cls not in tasks.SOURCES:
                     raise SpecError(f"{spec}: unknown task {parts[0]!r} (known: {[c.__name__ for c in tasks.SOURCES]})")
                 args = parts[1:2]
                 kwargs = {"split": parts[2]} if len(parts) > 2 else {}
+                kwargs.update(_task_kwargs(cls, pdf_root))
                 task = cls(*args, **kwargs)
         except SpecError:
             raise
+        except NeedsLocalFiles as e:  # raised before anything was read: say what to pass
+            raise SpecError(f"{spec}: {e}")
         except Exception as e:  # cannot even open the source: the user's input is wrong
             raise SpecError(f"{spec}: cannot open source: {type(e).__name__}: {e}")
         return task_records(task), None
@@ -162,6 +178,7 @@ def convert(inputs: list[tuple[str, Iterator[dict], Path | None]], out: str, wor
     pool = Pool(workers) if workers > 1 else None
     counts = {label: Counter(read=0, written=0, rejected=0) for label, _, _ in inputs}
     reasons: Counter = Counter()
+    examples: dict[str, str] = {}  # the first full reason of each kind
     t0 = time.time()
     try:
         with MDSWriter(out=out, columns=COLUMNS, compression=compression) as writer:
@@ -177,12 +194,15 @@ def convert(inputs: list[tuple[str, Iterator[dict], Path | None]], out: str, wor
                         else:
                             rejected.write(json.dumps(rej, ensure_ascii=False) + "\n")
                             counts[label]["rejected"] += 1
-                            reasons[rej["reason"].split(":")[0]] += 1
+                            kind = rej["reason"].split(":")[0]
+                            reasons[kind] += 1
+                            examples.setdefault(kind, f"{rej['id']}: {rej['reason']}")
                         bar.update(1)
             total = sum(counts.values(), Counter())
             seconds = time.time() - t0
             summary = {"read": total["read"], "written": total["written"], "rejected": total["rejected"],
                        "by_source": {k: dict(v) for k, v in counts.items()}, "by_reason": dict(reasons),
+                       "reason_examples": examples,
                        "seconds": round(seconds, 3), "records_per_s": round(total["read"] / max(seconds, 1e-9), 2)}
             assert summary["read"] == summary["written"] + summary["rejected"], f"count mismatch: {summary}"
             (Path(writer.local) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -221,11 +241,14 @@ def main(argv=None) -> int:
     ap.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="reject images with more pixels (bomb guard)")
     ap.add_argument("--compression", choices=["zstd", "none"], default="zstd")
     ap.add_argument("--limit", type=int, default=None, help="read at most N records from each input")
+    ap.add_argument("--pdf-root", default=None, metavar="DIR",
+                    help="local copy of a hub repo whose rows point at its PDF files (olmOCR-mix-1025: the "
+                         "folder holding pdf_tarballs/)")
     args = ap.parse_args(argv)
     if args.workers < 1 or (args.limit is not None and args.limit < 0):
         ap.error("--workers must be >= 1 and --limit >= 0")
     try:
-        inputs = [(spec, *parse_spec(spec, args.workers)) for spec in args.input]
+        inputs = [(spec, *parse_spec(spec, args.workers, args.pdf_root)) for spec in args.input]
     except SpecError as e:
         ap.error(str(e))
     if problem := check_out(args.out):
@@ -234,6 +257,16 @@ def main(argv=None) -> int:
                       compression=None if args.compression == "none" else args.compression, limit=args.limit)
     print(f"read {summary['read']}, written {summary['written']}, rejected {summary['rejected']} "
           f"({summary['records_per_s']} records/s) -> {args.out}", file=sys.stderr)
+    if summary["written"] == 0:  # an empty dataset is a failed conversion, not a success
+        if summary["by_reason"]:
+            kind, n = Counter(summary["by_reason"]).most_common(1)[0]
+            why = (f"all {summary['read']} records were rejected; most common reason ({n}x): {kind!r}, "
+                   f"e.g. {summary['reason_examples'][kind]}")
+        else:
+            why = "the inputs held no records"
+        print(f"error: nothing written to {args.out}: {why} (every rejection: rejected.jsonl there)",
+              file=sys.stderr)
+        return 1
     return 0
 
 

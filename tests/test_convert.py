@@ -129,3 +129,76 @@ def test_workers_keep_order_and_limit(tmp_path):
         outs.append([(r["id"], r["image"]) for r in read_mds(out)])
     assert outs[0] == outs[1]
     assert [i for i, _ in outs[0]] == [f"receipt-s1-000{k}" for k in range(3)] + [f"table-s2-000{k}" for k in range(3)]
+
+
+def test_every_record_rejected_exits_1_with_the_most_common_reason(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    rows = [{"messages": [{"role": "user", "content": "<image>\nRead."}, {"role": "assistant", "content": "x"}],
+             "image": f"missing{i}.png"} for i in range(3)] + [{"messages": "not a list"}]
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    assert convert_to_mds.main(["--input", str(bad), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "nothing written" in err and "all 4 records were rejected" in err, err
+    summary = json.loads((out / "summary.json").read_text())
+    top = max(summary["by_reason"], key=summary["by_reason"].get)
+    assert summary["by_reason"][top] == 3 and f"most common reason (3x): {top!r}" in err, (summary, err)
+    assert summary["reason_examples"][top] in err
+    assert len((out / "rejected.jsonl").read_text().splitlines()) == 4
+    # no record at all is a failure too
+    (tmp_path / "empty.jsonl").write_text("\n")
+    assert convert_to_mds.main(["--input", str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "o2")]) == 1
+    assert "held no records" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec", ["hf:allenai/olmOCR-mix-1025", "hf:allenai/olmOCR-mix-1025:01_books:eval",
+                                  "task:OlmOCR:allenai/olmOCR-mix-1025"])
+def test_olmocr_from_a_hub_id_says_what_to_pass_before_reading(tmp_path, spec, capsys, monkeypatch):
+    import nanoocr.tasks.common as common
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the table was read before the missing PDFs were reported")
+    monkeypatch.setattr(common, "load_rows", no_reading)
+    with pytest.raises(SystemExit) as e:
+        convert_to_mds.main(["--input", spec, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err
+    assert "pdf_root" in err and "--pdf-root DIR" in err and "pdf_tarballs" in err, err
+    with pytest.raises(SystemExit) as e:  # a --pdf-root that is not a folder is named as such
+        convert_to_mds.main(["--input", spec, "--out", str(tmp_path / "o"), "--pdf-root", str(tmp_path / "nope")])
+    assert e.value.code == 2 and "is not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_olmocr_hub_id_with_pdf_root_converts(tmp_path, monkeypatch):
+    """`hf:allenai/olmOCR-mix-1025 --pdf-root DIR`: the rows from the hub (here a local parquet standing in
+    for the hub table), the PDFs from DIR/pdf_tarballs."""
+    import tarfile
+
+    import datasets
+
+    import nanoocr.tasks.common as common
+    make_pdf(tmp_path / "page.pdf", ["olmOCR page"])
+    pdf = (tmp_path / "page.pdf").read_bytes()
+    (tmp_path / "repo" / "pdf_tarballs").mkdir(parents=True)
+    with tarfile.open(tmp_path / "repo" / "pdf_tarballs" / "chunk_00000.tar.gz", "w:gz") as tar:
+        info = tarfile.TarInfo("abc_1.pdf")
+        info.size = len(pdf)
+        tar.addfile(info, io.BytesIO(pdf))
+    table = tmp_path / "table.parquet"
+    datasets.Dataset.from_dict({"id": ["abc_1"], "natural_text": ["Body text"],
+                                "pdf_relpath": ["pdf_tarballs/chunk_00000.tar.gz:abc_1.pdf"]}).to_parquet(table)
+    seen = []
+    real = common.load_rows
+
+    def hub(source, split="train", config=None, image_columns=()):
+        seen.append((source, split, config))
+        return real(str(table))
+    monkeypatch.setattr(common, "load_rows", hub)
+    out = tmp_path / "mds"
+    assert convert_to_mds.main(["--input", "hf:allenai/olmOCR-mix-1025", "--out", str(out),
+                                "--pdf-root", str(tmp_path / "repo")]) == 0
+    assert seen == [("allenai/olmOCR-mix-1025", "train", "00_documents")]
+    rows = read_mds(out)
+    assert [r["id"] for r in rows] == ["abc_1"] and rows[0]["messages"][1]["content"] == "Body text"
+    assert rows[0]["image"][:4] == b"\x89PNG"

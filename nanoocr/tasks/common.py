@@ -19,6 +19,11 @@ OCR_PROMPT = "<image>\nFree OCR."
 IMAGE_TAG = "<image>"
 
 
+class NeedsLocalFiles(ValueError):
+    """A source that cannot be read from what it was given (e.g. a hub id whose rows point at files the hub
+    table does not hold); raised before anything is read, naming the option to pass."""
+
+
 class Task:
     """Base class: subclasses define `num_examples()` and `get_example(i)` (a physical index)."""
 

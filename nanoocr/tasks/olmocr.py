@@ -6,7 +6,9 @@ The hub repo ships PDFs, not images, in two layouts; both are read here:
 - parquet rows (hub id or local copy): `natural_text`, `pdf_relpath` = "pdf_tarballs/<chunk>.tar.gz:<member>",
   `page_number`, `primary_language`, `is_rotation_valid`, `rotation_correction`, `is_table`, `is_diagram`,
   `id`, `url`. The tarballs are looked up under `pdf_root` (the folder where the repo was downloaded;
-  defaults to `source`, or the folder of `source` when it is a parquet file). Reading rows in parquet order keeps tar access sequential.
+  defaults to `source`, or the folder of `source` when it is a parquet file). With a hub id and no
+  `pdf_root` there are no PDFs to read: `NeedsLocalFiles` says so before the table is loaded. Reading
+  rows in parquet order keeps tar access sequential.
 - the extracted layout that olmOCR's `prepare_olmocrmix` writes: `<name>.pdf` next to `<name>.md`, the
   markdown starting with a `---` front-matter block (primary_language, is_rotation_valid, ...).
 Each PDF holds one page; it is rendered with pdftoppm at 144 dpi (`nanoocr.pdf.render_page`). Pages whose
@@ -18,7 +20,13 @@ from functools import lru_cache
 from pathlib import Path
 
 from nanoocr.pdf import PopplerError, render_page
-from nanoocr.tasks.common import OCR_PROMPT, HFTask, Task, qa
+from nanoocr.tasks.common import OCR_PROMPT, HFTask, NeedsLocalFiles, Task, qa
+
+NEEDS_PDFS = (
+    "{what}: olmOCR-mix-1025's rows point at PDFs inside the repo's pdf_tarballs/*.tar.gz, which the hub table "
+    "does not carry. Download the dataset repo (`huggingface-cli download allenai/olmOCR-mix-1025 "
+    "--repo-type dataset --local-dir DIR`) and pass pdf_root=DIR (convert_to_mds: `--pdf-root DIR`), "
+    "or convert the local copy with `task:OlmOCR:DIR`.")
 
 
 def strip_front_matter(md: str) -> str:
@@ -51,15 +59,20 @@ class OlmOCR(HFTask):
         # The extracted layout is .md files WITH a sibling .pdf (a hub copy also holds a README.md).
         mds = sorted(local.rglob("*.md")) if local and local.is_dir() else []
         self.pairs = [md for md in mds if md.with_suffix(".pdf").is_file()]
+        # Default: the local repo copy holding the parquet files and pdf_tarballs/ side by side.
+        if pdf_root is None and local is not None and local.exists():
+            pdf_root = local if local.is_dir() else local.parent
+        self.pdf_root = Path(pdf_root) if pdf_root else None
+        if not self.pairs:  # checked before the table is read: without the PDFs every row would be rejected
+            if self.pdf_root is None:
+                raise NeedsLocalFiles(NEEDS_PDFS.format(what=f"{source or self.HUB_ID} needs pdf_root"))
+            if not self.pdf_root.is_dir():
+                raise NeedsLocalFiles(NEEDS_PDFS.format(what=f"pdf_root {str(self.pdf_root)!r} is not a folder"))
         if self.pairs:  # extracted layout: no table to load
             Task.__init__(self, **kwargs)
             self.split = split
         else:
             super().__init__(source, split, config, **kwargs)
-        # Default: the local repo copy holding the parquet files and pdf_tarballs/ side by side.
-        if pdf_root is None and local is not None and local.exists():
-            pdf_root = local if local.is_dir() else local.parent
-        self.pdf_root = Path(pdf_root) if pdf_root else None
 
     def num_examples(self):
         return len(self.pairs) if self.pairs else len(self.ds)
@@ -78,8 +91,6 @@ class OlmOCR(HFTask):
     def build(self, row, rid):
         rid = str(row.get("id") or rid)
         chunk, _, member = row["pdf_relpath"].partition(":")
-        if self.pdf_root is None:
-            raise ValueError("pdf_root (the folder holding pdf_tarballs/) is needed to read the PDFs")
         # Only members of tarballs inside pdf_root are read; the relpath comes from the data file.
         tar_path = (self.pdf_root / chunk).resolve()
         if not tar_path.is_relative_to(self.pdf_root.resolve()):
