@@ -41,7 +41,7 @@ TOP_KEYS = {
     "build_data", "model", "tokenizer",
     "train_loader", "eval_loader", "optimizer", "scheduler", "algorithms", "callbacks", "loggers", "final_eval",
 }
-MODEL_KEYS = {"preset", "sam", "clip", "gpt", "vlm", "pretrained", "activation_checkpointing"}
+MODEL_KEYS = {"preset", "sam", "clip", "gpt", "vlm", "pretrained", "activation_checkpointing", "gpt_config_from"}
 PRETRAINED_KEYS = {"hf_sam", "hf_clip", "nanochat", "nanochat_step", "deepseek"}
 TOKENIZER_KEYS = {"path", "kind", "train_vocab_size"}
 BUILD_DATA_KEYS = {"input", "pages", "out", "max_side", "workers", "max_pages", "val_fraction"}
@@ -329,6 +329,18 @@ def build_model(mcfg: dict, tokenizer):
     gpt = dict(mcfg.get("gpt") or {})
     pre = mcfg.get("pretrained") or {}
     gpt.setdefault("vocab_size", tokenizer.vocab_size)  # a nanochat checkpoint is extended to this size
+    # The GPT's architecture comes from the nanochat checkpoint (its meta and tensor names: d20-era or today's
+    # layout), under any field the YAML sets: `pretrained.nanochat` (stage 1, weights too) or `gpt_config_from`
+    # (stage 2: the same architecture, weights from stage 1's checkpoint). The fields are written back into
+    # the config, so the saved config.yaml rebuilds the same GPT (export, sample) without the checkpoint.
+    arch_from = pre.get("nanochat") or mcfg.get("gpt_config_from")
+    if arch_from:
+        from nanoocr.nanochat import nanochat_gpt_fields
+        derived = nanochat_gpt_fields(arch_from, pre.get("nanochat_step"))
+        for key, value in derived.items():
+            gpt.setdefault(key, value)
+        mcfg["gpt"] = {**(mcfg.get("gpt") or {}), **{k: gpt[k] for k in derived}}
+        mcfg["gpt_config_from"] = None
     cfg = presets.build_config(mcfg.get("preset", "nano"), sam=mcfg.get("sam") or {}, clip=mcfg.get("clip") or {},
                                gpt=gpt, image_token_id=tokenizer.image_id, **(mcfg.get("vlm") or {}))
     if mcfg.get("activation_checkpointing"):
@@ -419,6 +431,8 @@ def build_trainer(cfg: dict):
     train_streams = [s for _, s in _streams(cfg["train_loader"]["dataset"])]
     tokenizer = build_tokenizer(cfg.get("tokenizer") or {}, run_folder, train_streams)
     model = build_model(cfg["model"], tokenizer)
+    if _is_rank0():  # again, with the GPT fields build_model took from a nanochat checkpoint
+        om.save(om.create(cfg), Path(run_folder) / "config.yaml")
     composer_model = ComposerNanoOCR(model)
     mode = cfg["train_loader"]["dataset"].get("mode", "base")
     batch_size = cfg["device_train_batch_size"]

@@ -39,7 +39,7 @@ DEVICE = (["device=gpu", "model.gpt.attn_impl=triton", "model.gpt.embed_impl=tri
 SHRINK = [
     *DEVICE,
     # sizes
-    "model.preset=nano", *(f"model.gpt.{k}={v}" for k, v in GPT.items()),
+    "model.preset=nano",  # SAM/CLIP widths of the tiny HF models; the GPT's come from the nanochat checkpoint
     "device_train_batch_size=2", "device_train_microbatch_size=1", "device_eval_batch_size=2",
     "train_loader.num_workers=0", "eval_loader.num_workers=0",
     "train_loader.dataset.num_canonical_nodes=2",
