@@ -40,6 +40,8 @@ LOWER_IS_BETTER = {"cer", "edit_distance", "edit_distance_omnidoc"}
 
 def load_records(spec: str, limit: int | None = None) -> tuple[list[dict], Path | None]:
     """(raw records, data root for relative image paths) of an MDS folder or a JSONL; ValueError if neither."""
+    if "://" in str(spec):  # a remote MDS dataset (s3://, gs://, ...): read through a private cache
+        return read_records(remote=str(spec), limit=limit), None
     path = Path(spec)
     if path.is_dir():
         if not (path / "index.json").is_file():
@@ -119,7 +121,7 @@ def write_outputs(out: Path, rows: list[dict], skipped: list[dict], summary: dic
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m nanoocr.evaluate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="folder written by nanoocr.export")
-    ap.add_argument("--data", required=True, help="MDS folder (index.json) or unified-conversation .jsonl")
+    ap.add_argument("--data", required=True, help="MDS folder (index.json), remote MDS URL (s3://...) or unified-conversation .jsonl")
     ap.add_argument("--out", required=True, help="output folder for per_sample.jsonl, summary.json, summary.md")
     ap.add_argument("--mode", help="image mode (default: the mode the model was trained with)")
     ap.add_argument("--batch-size", type=int, default=8, help="images per generate call")

@@ -311,4 +311,19 @@ class NanoOCR(nn.Module):
         if images is None and (crops is not None or tiles is not None):
             raise ValueError("crops/tiles given without images")
         vision = None if images is None else self.encode_images(images, crops, tiles)
-        return self.gpt.trunk(self.embed(ids, vision), targets, loss_reduction=loss_reduction, ids=ids)
+        x = self.embed(ids, vision)
+        if vision is None and self.training and torch.is_grad_enabled():
+            x = x + 0.0 * self._vision_touch()
+        return self.gpt.trunk(x, targets, loss_reduction=loss_reduction, ids=ids)
+
+    def _vision_touch(self):
+        """A zero that depends on every vision parameter, for a text-only (micro)batch in training.
+
+        DDP all-reduces the gradient of every trainable parameter and FSDP reduce-scatters each unit it ran:
+        a rank whose microbatch has no image would otherwise skip the vision parameters while another
+        rank's did not, and the ranks' collectives no longer match (a hang or a gloo/NCCL size error).
+        One 64 px view (a 1 x 1 vision grid) runs every SAM/CLIP unit through its own forward for nearly
+        nothing; times zero, it changes no gradient."""
+        p = self.projector.weight
+        view = torch.zeros(1, 3, 64, 64, dtype=p.dtype, device=p.device)
+        return self.encode_views(view).sum() + self.image_newline.sum() + self.view_separator.sum()

@@ -42,7 +42,7 @@ def shrink(run: Path, vision: Path, text: Path | None = None, extra=()) -> list[
     streams = f"{{vision: {{local: '{vision}', proportion: {0.9 if text else 1.0}}}"
     streams += f", text: {{local: '{text}', proportion: 0.1}}}}" if text else "}"
     return [
-        "model.preset=nano", "model.pretrained={}", "model.activation_checkpointing=false",
+        "model.preset=nano", "model.pretrained={}", "model.gpt_config_from=null", "model.activation_checkpointing=false",
         "tokenizer={train_vocab_size: 300}", "precision=fp32", "fsdp_config=null", "autoresume=false",
         "load_path=null", f"run_folder={run}", f"save_folder={run}/ckpt", "save_interval=1000ba",
         "device_train_batch_size=2", "device_train_microbatch_size=1", "device_eval_batch_size=2",
