@@ -117,8 +117,10 @@ def load_model(directory: str | Path, device: str = "cpu"):
     with torch.device("meta"):
         model = NanoOCR(cfg)
     _check_shapes(model, shapes, directory)
-    model.materialize("cpu")
+    # Every parameter and persistent buffer comes from the file; the rotary tables (non-persistent) are computed.
+    model.to_empty(device="cpu")
     model.load_state_dict(load_file(directory / "model.safetensors"), strict=True)
+    model.gpt.init_rotary()
     # Whatever the run's tokenizer kind: tokenizer.json (BPE) or tokenizer.tiktoken + tiktoken.json
     # (a nanochat tokenizer, saved as text: no pickle in an export).
     tokenizer = Tokenizer.from_file(directory)

@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(sam={"depth": 2}, gpt={"n_layer": 2, "n_embd": 64, "n_head": 2, "n_kv_head": 2, "sequence_len": 512})
 
 
-def tiny_model(vocab_size, image_id, seed=0):
+def tiny_model(vocab_size, image_id, seed=0, gpt=None):
     torch.manual_seed(seed)
-    cfg = presets.build_config("nano", sam=TINY["sam"], gpt={**TINY["gpt"], "vocab_size": vocab_size},
+    cfg = presets.build_config("nano", sam=TINY["sam"], gpt={**TINY["gpt"], "vocab_size": vocab_size, **(gpt or {})},
                                image_token_id=image_id)
     model = NanoOCR(cfg)
     with torch.no_grad():  # lm_head and c_proj start at zero: make the logits depend on every weight
@@ -73,10 +73,12 @@ def test_nanochat_tokenizer_export_loads_and_samples(tmp_path):
     assert r.returncode == 0, r.stderr
 
 
-def test_bpe_tokenizer_export_round_trip(tmp_path):
+@pytest.mark.parametrize("layout", [{}, {"layout": "2026", "window_pattern": "SL", "pad_vocab_size_to": 64}],
+                         ids=["d20", "nanochat-2026"])
+def test_bpe_tokenizer_export_round_trip(tmp_path, layout):
     from nanoocr.tokenizer import Tokenizer
     tok = Tokenizer.train_from_iterator(["Free OCR. hello world"] * 4, vocab_size=300)
-    model = tiny_model(tok.vocab_size, tok.image_id)
+    model = tiny_model(tok.vocab_size, tok.image_id, gpt=layout)
     loaded, tok2, _ = load_model(export_model(model, tok, tmp_path / "export"))
     torch.testing.assert_close(logits(loaded, tok2), logits(model, tok), rtol=0, atol=0)
 
