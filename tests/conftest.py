@@ -3,6 +3,7 @@
 TRITON_INTERPRET must be set before any @triton.jit decorator runs (the variable is read at
 decoration time), so it is set here, before any test module imports kernels/."""
 import os
+import socket
 
 import torch
 
@@ -31,3 +32,42 @@ def _clean_streaming_shm():
         clean_stale_shared_memory()
     except FileNotFoundError:
         pass
+
+
+# ---------------------------------------------------------------------------------------------
+# An S3-compatible server on 127.0.0.1 (moto), for the remote-shard tests (test_remote, test_stage_chain)
+
+BUCKET = "nanoocr-test"
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on 127.0.0.1 with one bucket; the environment points Streaming and boto3 at it
+    (inherited by subprocesses). Yields a boto3 client."""
+    import boto3  # moto[server] and boto3 are in the dev extra: missing, the test must fail, not skip
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {**S3_ENV, "S3_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        client = boto3.client("s3", endpoint_url=env["S3_ENDPOINT_URL"])
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()

@@ -11,7 +11,6 @@ S3_ENDPOINT_URL; boto3 takes AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAU
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,45 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import BUCKET  # the moto S3 fixture `s3` lives in conftest.py
+
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
-BUCKET = "nanoocr-test"
-S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """A moto S3 server on 127.0.0.1 with one bucket; the environment points Streaming and boto3 at it
-    (inherited by subprocesses). Yields a boto3 client."""
-    pytest.importorskip("moto.server", reason="moto[server] is in the dev extra")
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {**S3_ENV, "S3_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        client = boto3.client("s3", endpoint_url=env["S3_ENDPOINT_URL"])
-        client.create_bucket(Bucket=BUCKET)
-        yield client
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        server.stop()
-
-
 def keys(client, prefix: str) -> dict[str, int]:
     objs = client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
     return {o["Key"][len(prefix):]: o["Size"] for o in objs}

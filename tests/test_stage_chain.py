@@ -5,10 +5,11 @@ Set-up, as a user's machine would have it (at the paths yamls/stage1.yaml's `var
 - checkpoints/clip-vit-large-patch14: a tiny `transformers` CLIPVisionModel, `save_pretrained`
 - checkpoints/nanochat-d20: a tiny GPT in nanochat's checkpoint layout (model_<step>.pt + meta_<step>.json)
   and its tokenizer/tokenizer.pkl (a pickled tiktoken Encoding, as nanochat saves it)
-- a data root with one MDS folder per stream, written by `convert_to_mds` (synthetic pages, a text-only JSONL)
+- a bucket on an S3 server on 127.0.0.1 (moto) with one MDS folder per stream, uploaded by `convert_to_mds`
+  (synthetic pages, a text-only JSONL)
 
 Then every command between README's `<!-- real-run -->` markers runs with only these changes: the
-bucket URL → the test's data root, `-n 8` → `-n 2` (two CPU ranks over gloo; on GPUs: NANOOCR_CHAIN_NPROC), and overrides of sizes,
+bucket URL → the test server's bucket, `-n 8` → `-n 2` (two CPU ranks over gloo; on GPUs: NANOOCR_CHAIN_NPROC), and overrides of sizes,
 durations and device appended to the `composer` lines (SHRINK below). Anything else a user would have
 to override is a defect of the YAMLs."""
 import json
@@ -129,10 +130,13 @@ def shrink(command: str, data_root: str) -> list[str]:
     return argv
 
 
-def test_readme_real_run_chain(tmp_path):
+def test_readme_real_run_chain(tmp_path, s3):
     from PIL import Image
+
+    from conftest import BUCKET
+    # the s3 fixture's environment (S3_ENDPOINT_URL -> a moto server on 127.0.0.1) reaches every command
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "NANOOCR_CACHE": str(tmp_path / "cache")}  # node-local cache
-    data_root = str(tmp_path / "bucket" / "mds")  # a folder standing in for the bucket: Streaming copies from it
+    data_root = f"s3://{BUCKET}/chain/mds"
     make_checkpoints(tmp_path)
     make_data(tmp_path, data_root)
     Image.new("RGB", (400, 200), "white").save(tmp_path / "page.png")
