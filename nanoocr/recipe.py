@@ -36,7 +36,8 @@ TOP_KEYS = {
     "variables", "run_name", "run_folder", "seed", "max_duration", "device", "precision",
     "device_train_batch_size", "device_train_microbatch_size", "device_eval_batch_size",
     "eval_interval", "eval_subset_num_batches", "save_folder", "save_interval", "save_num_checkpoints_to_keep",
-    "save_overwrite", "autoresume", "load_path", "load_weights_only", "progress_bar", "log_to_console",
+    "save_overwrite", "autoresume", "load_path", "load_weights_only", "load_strict_model_weights", "progress_bar",
+    "log_to_console",
     "cpu_keep_freed_memory", "console_log_interval", "python_log_level", "dist_timeout", "fsdp_config",
     "build_data", "model", "tokenizer",
     "train_loader", "eval_loader", "optimizer", "scheduler", "algorithms", "callbacks", "loggers", "final_eval",
@@ -496,6 +497,9 @@ def build_trainer(cfg: dict):
             # autoresume loads; resuming must be allowed to overwrite it, so autoresume implies overwrite.
             save_overwrite=cfg.get("save_overwrite", cfg.get("autoresume", False)), autoresume=cfg.get("autoresume", False),
             load_path=cfg.get("load_path"), load_weights_only=cfg.get("load_weights_only", False),
+            # A checkpoint whose weights are not exactly this model's must fail, not "load" and leave the model
+            # at its random init (Composer's default is False).
+            load_strict_model_weights=cfg.get("load_strict_model_weights", True),
             progress_bar=cfg.get("progress_bar", True), log_to_console=cfg.get("log_to_console", False),
             console_log_interval=cfg.get("console_log_interval", "1ba"), dist_timeout=cfg.get("dist_timeout", 300.0),
         )

@@ -72,3 +72,14 @@ def test_sharded_entry_payload_is_refused(tmp_path):
                  no_dist=True)
     assert "rng.x: refusing to load" in str(getattr(err.value, "failures", err.value))
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.slow
+def test_checkpoint_without_this_models_weights_is_refused(mds, tmp_path):  # noqa: F811
+    """A Composer-format checkpoint holding no (or other) model weights must not 'load' into a fresh model."""
+    torch.save({"state": {"model": {"model.something.else": torch.zeros(3)}, "rank_zero_seed": 17}, "rng": []},
+               tmp_path / "other.pt")
+    cfg = load_config("yamls/stage2.yaml", shrink(tmp_path / "run", mds / "vision", extra=[
+        "max_duration=1ba", f"load_path={tmp_path / 'other.pt'}", "load_weights_only=true"]))
+    with pytest.raises(RuntimeError, match="Missing key|Unexpected key"):
+        build_trainer(cfg)
