@@ -376,6 +376,12 @@ def build_dataloader(cfg, tokenizer, device_batch_size: int) -> OCRDataLoader:
     )
 
 
+def data_source(data: str | Path) -> dict:
+    """A dataset named by one string (`final_eval.data`, `evaluate --data`) -> `read_records` arguments:
+    a remote URL (s3://..., read through a private cache) or a local MDS folder."""
+    return {"remote": str(data)} if "://" in str(data) else {"local": data}
+
+
 def read_records(remote: str | None = None, local: str | Path | None = None, limit: int | None = None,
                  split: str | None = None) -> list[dict]:
     """The first `limit` raw unified records (all when None) of one MDS stream, in index order.

@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from nanoocr.data import read_records
+from nanoocr.data import data_source, read_records
 
 METRICS = ["exact_match", "cer", "edit_distance", "edit_distance_omnidoc", "fox_precision", "fox_recall", "fox_f1"]
 # Which direction is better, for the table: readers should not have to remember that CER is an error rate.
@@ -40,8 +40,8 @@ LOWER_IS_BETTER = {"cer", "edit_distance", "edit_distance_omnidoc"}
 
 def load_records(spec: str, limit: int | None = None) -> tuple[list[dict], Path | None]:
     """(raw records, data root for relative image paths) of an MDS folder or a JSONL; ValueError if neither."""
-    if "://" in str(spec):  # a remote MDS dataset (s3://, gs://, ...): read through a private cache
-        return read_records(remote=str(spec), limit=limit), None
+    if "remote" in data_source(spec):  # a remote MDS dataset (s3://, gs://, ...): read through a private cache
+        return read_records(**data_source(spec), limit=limit), None
     path = Path(spec)
     if path.is_dir():
         if not (path / "index.json").is_file():

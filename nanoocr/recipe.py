@@ -20,7 +20,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf as om
 
-from nanoocr.data import read_records
+from nanoocr.data import data_source, read_records
 
 log = logging.getLogger("nanoocr")
 
@@ -299,11 +299,6 @@ def _stream_source(stream: dict) -> dict:
     return {"remote": stream.get("remote"), "local": stream.get("local"), "split": stream.get("split")}
 
 
-def _data_source(data: str) -> dict:
-    """`final_eval.data`: a remote URL (s3://..., read through a private cache) or a local MDS folder."""
-    return {"remote": data} if "://" in str(data) else {"local": data}
-
-
 def build_tokenizer(tcfg: dict, run_folder: str, train_streams: list[dict]):
     """A given tokenizer, or a small BPE trained on the texts of `train_streams` (stream configs)."""
     from nanoocr.tokenizer import Tokenizer, load_nanochat_tokenizer
@@ -370,7 +365,7 @@ def final_eval(ecfg: dict, model, tokenizer, run_folder: str, mode: str) -> dict
     """Greedy-transcribe every record (or `limit`) of an MDS folder or remote URL; one line per sample, then
     `exact_match: K/N`."""
     from nanoocr.transcribe import evaluate_records
-    records = [r for r in read_records(**_data_source(ecfg["data"]), limit=ecfg.get("limit")) if r["image"]]
+    records = [r for r in read_records(**data_source(ecfg["data"]), limit=ecfg.get("limit")) if r["image"]]
     summary, rows = evaluate_records(model, tokenizer, records, mode=ecfg.get("mode", mode),
                                      max_new_tokens=ecfg.get("max_new_tokens", 64))
     for row in rows:
