@@ -44,7 +44,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from streaming import Stream, StreamingDataLoader, StreamingDataset
 
-from nanoocr.images import MODES
+from nanoocr.images import MODES, check_crop_bounds
 from nanoocr.processing import LOSS_POLICIES, OVERFLOW_POLICIES, SampleError, process_sample
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class OCRStreamingDataset(StreamingDataset):
         assert loss in LOSS_POLICIES, f"loss must be one of {LOSS_POLICIES}, got {loss!r}"
         assert overflow in OVERFLOW_POLICIES, f"overflow must be one of {OVERFLOW_POLICIES}, got {overflow!r}"
         assert max_seq_len > 0 and batch_size > 0, f"need max_seq_len, batch_size > 0, got {max_seq_len}, {batch_size}"
-        assert 1 <= min_crops <= max_crops, f"need 1 <= min_crops <= max_crops, got {min_crops}, {max_crops}"
+        check_crop_bounds(min_crops, max_crops)
         assert len(streams) > 0, "need at least one Stream"
         super().__init__(
             streams=streams, batch_size=batch_size, shuffle=shuffle, shuffle_seed=shuffle_seed,

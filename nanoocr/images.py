@@ -44,6 +44,10 @@ FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "JPEG2000")
 # A 600 dpi A4 scan is ~35M pixels; anything far beyond that is more likely a bomb than a page.
 MAX_PIXELS = 50_000_000
 MAX_ASPECT = 200  # the longest side at most 200x the shortest: every mode's views keep >= 2 px across
+# An uncompressed 600 dpi A4 RGB TIFF is ~105 MB: a bigger file is refused before a byte of it is read.
+MAX_IMAGE_BYTES = 256 * 1024 * 1024
+# Gundam grids: the reference uses at most 9 tiles; the candidate search is cubic in this bound.
+MAX_CROPS = 64
 
 
 class ImageError(ValueError):
@@ -120,10 +124,7 @@ def open_image(src: bytes | str | Path, max_pixels: int = MAX_PIXELS) -> Image.I
             raise ImageError("empty file (0 bytes)")
         return _decode(io.BytesIO(data), max_pixels)
     path = Path(src)
-    if not path.is_file():
-        raise ImageError(f"file not found: {path}")
-    if path.stat().st_size == 0:
-        raise ImageError(f"empty file (0 bytes): {path}")
+    check_image_file(path)
     try:
         with open(path, "rb") as f:
             return _decode(f, max_pixels)
@@ -131,8 +132,33 @@ def open_image(src: bytes | str | Path, max_pixels: int = MAX_PIXELS) -> Image.I
         raise ImageError(f"{e}: {path}") from None
 
 
+def check_image_file(path: Path) -> None:
+    """ImageError unless `path` is a regular, non-empty file of at most MAX_IMAGE_BYTES (checked with
+    stat, before anything is read: a sparse 1 TB file costs nothing to refuse)."""
+    if not path.is_file():
+        raise ImageError(f"file not found: {path}" if not path.exists() else f"not a regular file: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise ImageError(f"empty file (0 bytes): {path}")
+    if size > MAX_IMAGE_BYTES:
+        raise ImageError(f"file too large: {size} bytes > limit {MAX_IMAGE_BYTES}: {path}")
+
+
+def read_image_file(path: str | Path) -> bytes:
+    """The bytes of an image file, size-checked first (check_image_file)."""
+    path = Path(path)
+    check_image_file(path)
+    return path.read_bytes()
+
+
 # ---------------------------------------------------------------------------------------------
 # Geometry and token counts (pure Python: no torch)
+
+
+def check_crop_bounds(min_crops: int, max_crops: int) -> None:
+    """ValueError unless 1 <= min_crops <= max_crops <= MAX_CROPS (integers)."""
+    if not (isinstance(min_crops, int) and isinstance(max_crops, int) and 1 <= min_crops <= max_crops <= MAX_CROPS):
+        raise ValueError(f"need integers 1 <= min_crops <= max_crops <= {MAX_CROPS}, got {min_crops!r}, {max_crops!r}")
 
 
 def gundam_tiles(w: int, h: int, min_crops: int = 2, max_crops: int = 6) -> tuple[int, int]:
@@ -142,7 +168,7 @@ def gundam_tiles(w: int, h: int, min_crops: int = 2, max_crops: int = 6) -> tupl
     closest aspect ratio wins, and on an exact float tie the later (larger) grid wins only when the
     image has more than half the pixels of that grid.
     """
-    assert 1 <= min_crops <= max_crops, f"need 1 <= min_crops <= max_crops, got {min_crops}, {max_crops}"
+    check_crop_bounds(min_crops, max_crops)
     if w <= TILE and h <= TILE:
         return (1, 1)
     # Built as a set and then sorted exactly like the reference: within one tile count the order is
