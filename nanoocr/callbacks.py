@@ -4,8 +4,9 @@
   Trainer.__init__ after the optimizer exists but before checkpoint loading and DDP wrapping, so the
   params leave the optimizer and get requires_grad=False before anything else sees them; on autoresume
   the same YAML freezes the same names again, so freezing survives resumption.
-- NonFiniteLossGuard: NaN/inf loss stops the run at AFTER_LOSS, i.e. before backward and the optimizer
-  step, so no weight is touched by it and the last checkpoint on disk stays the last good one.
+- NonFiniteLossGuard: a NaN/inf loss stops the run at AFTER_LOSS (before backward and the optimizer step),
+  NaN/inf weights after a step stop it at BATCH_END (before that batch's checkpoint is written), so every
+  checkpoint on disk holds finite weights.
 - VisionCollapseMonitor and GenerationEval run the model outside its forward: on every rank, inside
   nanoocr.distributed.full_params (whole parameters when the model is FSDP-sharded; a no-op otherwise).
 - VisionCollapseMonitor: mean pairwise cosine similarity of pooled vision features over a fixed probe
@@ -65,6 +66,11 @@ class FreezeModules(Algorithm):
 
 
 class NonFiniteLossGuard(Callback):
+    """Stops the run on a NaN/inf loss (AFTER_LOSS: before backward, no weight touched) and on NaN/inf
+    weights after an optimizer step (BATCH_END: before BATCH_CHECKPOINT, so the bad weights are never
+    saved). Either way every checkpoint on disk holds finite weights. A finite loss can still produce
+    non-finite weights (lr=inf, an overflowing update), which is why the loss alone is not enough."""
+
     def after_loss(self, state: State, logger: Logger) -> None:
         loss = state.loss
         values = loss.values() if isinstance(loss, dict) else loss if isinstance(loss, (list, tuple)) else [loss]
@@ -74,6 +80,18 @@ class NonFiniteLossGuard(Callback):
                     f"loss is {v.item()} at batch {int(state.timestamp.batch)} (not finite): stopping before the "
                     f"optimizer step. Weights are unchanged; the last checkpoint saved (if any) is the last good "
                     f"one — lower the learning rate or check the data, then resume from it.")
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        bad = [clean_name(n) for n, p in state.model.named_parameters() if not torch.isfinite(p).all()]
+        # Under FSDP each rank holds shards: all ranks must agree to stop (a lone raise would hang the rest).
+        flag = torch.tensor([len(bad)], dtype=torch.long, device=next(state.model.parameters()).device)
+        dist.all_reduce(flag)
+        if int(flag.item()):
+            where = f": {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}" if bad else " (on another rank)"
+            raise RuntimeError(
+                f"weights are not finite after the optimizer step of batch {int(state.timestamp.batch) - 1} "
+                f"({len(bad)} tensors on this rank{where}): stopping before they are checkpointed. The last "
+                f"checkpoint saved (if any) holds finite weights — lower the learning rate, then resume from it.")
 
 
 class VisionCollapseMonitor(Callback):
