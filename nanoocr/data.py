@@ -55,6 +55,10 @@ LOADER_KEYS = ("dataset", "num_workers", "prefetch_factor", "persistent_workers"
                "timeout")
 
 
+class DataError(ValueError):
+    """A data configuration that cannot train: the message names the stream or loader and the reason."""
+
+
 class OCRStreamingDataset(StreamingDataset):
     """MDS rows (`id`, `source`, `messages` json, `image` bytes, b"" = none) -> `process_sample` dicts.
 
@@ -120,12 +124,19 @@ class OCRStreamingDataset(StreamingDataset):
                  replication: int | None = None, download_retry: int = 2, download_timeout: float = 60,
                  validate_hash: str | None = None, keep_zip: bool = False):
         # Configuration errors must fail here, not turn every sample into a "skipped" one later.
-        assert mode in MODES, f"mode must be one of {sorted(MODES)}, got {mode!r}"
-        assert loss in LOSS_POLICIES, f"loss must be one of {LOSS_POLICIES}, got {loss!r}"
-        assert overflow in OVERFLOW_POLICIES, f"overflow must be one of {OVERFLOW_POLICIES}, got {overflow!r}"
-        assert max_seq_len > 0 and batch_size > 0, f"need max_seq_len, batch_size > 0, got {max_seq_len}, {batch_size}"
-        check_crop_bounds(min_crops, max_crops)
-        assert len(streams) > 0, "need at least one Stream"
+        for key, value, valid in (("mode", mode, sorted(MODES)), ("loss", loss, LOSS_POLICIES),
+                                  ("overflow", overflow, OVERFLOW_POLICIES)):
+            if value not in valid:
+                raise DataError(f"dataset: {key} must be one of {list(valid)}, got {value!r}")
+        for key, value in (("max_seq_len", max_seq_len), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise DataError(f"dataset: {key} must be an integer > 0, got {value!r}")
+        try:
+            check_crop_bounds(min_crops, max_crops)
+        except ValueError as e:
+            raise DataError(f"dataset: {e}") from None
+        if not streams:
+            raise DataError("dataset: need at least one Stream")
         super().__init__(
             streams=streams, batch_size=batch_size, shuffle=shuffle, shuffle_seed=shuffle_seed,
             shuffle_algo=shuffle_algo, shuffle_block_size=shuffle_block_size,
@@ -318,35 +329,55 @@ def _plain(cfg) -> Any:
 def build_streams(streams_cfg) -> list[Stream]:
     """`{name: {local, remote, proportion, ...}}` (or a list of such dicts) -> a list of `Stream`s.
 
-    A local-only stream (no remote) must already hold an MDS `index.json`: checked here so the error
-    names the stream instead of surfacing later inside Streaming.
+    Checked here so the error names the stream instead of surfacing later inside Streaming: a local-only
+    stream (no remote) must already hold an MDS `index.json` with at least one shard; `proportion`,
+    `repeat` and `choose` must be positive numbers (Streaming turns a 0.0 into a numpy error).
     """
     streams_cfg = _plain(streams_cfg)
     items = list(streams_cfg.items()) if isinstance(streams_cfg, Mapping) else \
         [(str(i), s) for i, s in enumerate(streams_cfg)]
-    assert items, "streams: need at least one stream"
+    if not items:
+        raise DataError("streams: need at least one stream")
     streams = []
     for name, s in items:
         unknown = set(s) - set(STREAM_KEYS)
-        assert not unknown, f"stream {name!r}: unknown keys {sorted(unknown)} (allowed: {STREAM_KEYS})"
-        assert s.get("local") or s.get("remote"), f"stream {name!r}: needs `local` and/or `remote`"
+        if unknown:
+            raise DataError(f"stream {name!r}: unknown keys {sorted(unknown)} (allowed: {STREAM_KEYS})")
+        if not (s.get("local") or s.get("remote")):
+            raise DataError(f"stream {name!r}: needs `local` and/or `remote`")
+        for key in ("proportion", "repeat", "choose"):
+            value = s.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+                raise DataError(f"stream {name!r}: {key} must be a number > 0, got {value!r} "
+                                "(leave a stream out of `streams` to not train on it)")
         if not s.get("remote"):
             index = os.path.join(s["local"], s.get("split") or "", "index.json")
             if not os.path.isfile(index):
-                raise FileNotFoundError(f"stream {name!r}: no MDS index at {index} (and no remote to fetch it from)")
+                raise DataError(f"stream {name!r}: no MDS index at {index} (and no remote to fetch it from)")
+            if not _index_shards(index):
+                raise DataError(f"stream {name!r}: the MDS at {index} holds no samples")
         streams.append(Stream(**s))
     return streams
+
+
+def _index_shards(index: str) -> list:
+    import json
+    with open(index) as f:
+        return [sh for sh in json.load(f).get("shards", []) if sh.get("samples", 0) > 0]
 
 
 def build_dataset(dataset_cfg, tokenizer, device_batch_size: int) -> OCRStreamingDataset:
     """`dataset` config section (`streams` + OCRStreamingDataset keyword arguments) -> the dataset."""
     cfg = dict(_plain(dataset_cfg))
-    assert "streams" in cfg, "dataset config needs `streams`"
+    if "streams" not in cfg:
+        raise DataError("dataset config needs `streams`")
     streams = build_streams(cfg.pop("streams"))
     try:
         return OCRStreamingDataset(streams=streams, tokenizer=tokenizer, batch_size=device_batch_size, **cfg)
     except TypeError as e:  # an unknown key: say which section it came from
         raise TypeError(f"dataset config: {e}") from None
+    except RuntimeError as e:  # e.g. a remote stream whose index lists no samples
+        raise DataError(f"dataset: {e}") from None
 
 
 def build_dataloader(cfg, tokenizer, device_batch_size: int) -> OCRDataLoader:
@@ -356,11 +387,20 @@ def build_dataloader(cfg, tokenizer, device_batch_size: int) -> OCRDataLoader:
     (True: keeps worker processes and their open shards across epochs), pin_memory (default: only
     when CUDA is available), drop_last (True: every batch full, every rank the same number of
     steps), timeout (0). Wrap the result with `data_spec(loader)` for Composer's Trainer.
+    A loader with no batch in an epoch (fewer samples per rank than `device_batch_size` with
+    drop_last) is a DataError: Composer would otherwise spin through empty epochs forever.
     """
     cfg = dict(_plain(cfg))
     unknown = set(cfg) - set(LOADER_KEYS)
-    assert not unknown, f"loader config: unknown keys {sorted(unknown)} (allowed: {LOADER_KEYS})"
+    if unknown:
+        raise DataError(f"loader config: unknown keys {sorted(unknown)} (allowed: {LOADER_KEYS})")
     dataset = build_dataset(cfg["dataset"], tokenizer, device_batch_size)
+    drop_last = cfg.get("drop_last", True)
+    if len(dataset) < (device_batch_size if drop_last else 1):
+        raise DataError(
+            f"an epoch holds {dataset.epoch_size} samples, {len(dataset)} per rank: fewer than one batch of "
+            f"{device_batch_size}{' (drop_last: true drops it)' if drop_last else ''}; lower the batch size, "
+            "add data, or set the dataset's epoch_size")
     num_workers = cfg.get("num_workers", 2)
     return OCRDataLoader(
         dataset,
@@ -371,7 +411,7 @@ def build_dataloader(cfg, tokenizer, device_batch_size: int) -> OCRDataLoader:
         prefetch_factor=cfg.get("prefetch_factor", 2) if num_workers > 0 else None,
         persistent_workers=cfg.get("persistent_workers", True) if num_workers > 0 else False,
         pin_memory=cfg.get("pin_memory", torch.cuda.is_available()),
-        drop_last=cfg.get("drop_last", True),
+        drop_last=drop_last,
         timeout=cfg.get("timeout", 0),
     )
 

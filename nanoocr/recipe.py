@@ -47,6 +47,13 @@ PRETRAINED_KEYS = {"hf_sam", "hf_clip", "nanochat", "nanochat_step", "deepseek"}
 TOKENIZER_KEYS = {"path", "kind", "train_vocab_size"}
 BUILD_DATA_KEYS = {"input", "pages", "out", "max_side", "workers", "max_pages", "val_fraction"}
 FINAL_EVAL_KEYS = {"data", "mode", "max_new_tokens", "limit", "export"}
+# Types of the top-level keys that are not Trainer arguments of the same name (those use Trainer's annotations).
+TOP_TYPES = {"device_train_batch_size": "int", "device_eval_batch_size": "int", "run_folder": "str | None",
+             "cpu_keep_freed_memory": "bool", "fsdp_config": "dict | None", "build_data": "list | None",
+             "model": "dict", "tokenizer": "dict | None", "train_loader": "dict", "eval_loader": "dict | None",
+             "optimizer": "dict", "scheduler": "dict | None", "algorithms": "dict | None",
+             "callbacks": "dict | None", "loggers": "dict | None", "final_eval": "dict | None",
+             "load_path": "str | None", "save_folder": "str | None", "eval_interval": "Time"}
 
 
 def _suggest(key: str, valid) -> str:
@@ -72,22 +79,92 @@ def check_named(cfg: dict, builders: dict, where: str, drop: tuple = ()) -> None
     name = cfg["name"]
     if name not in builders:
         raise ConfigError(f"unknown {where} name '{name}'{_suggest(name, builders)}")
-    check_keys({k: v for k, v in cfg.items() if k != "name"}, _builder_keys(builders[name]) - set(drop),
-               f"{where} ({name})")
+    kwargs = {k: v for k, v in cfg.items() if k != "name"}
+    check_keys(kwargs, _builder_keys(builders[name]) - set(drop), f"{where} ({name})")
+    check_signature_types(kwargs, builders[name], f"{where} ({name})")
+
+
+# What a YAML value can be, by the type names an annotation (or a default's type) mentions. Names not
+# listed here (Callable, Precision, Device, ...) cannot come from YAML and are ignored; an annotation that
+# names none of these is not checked.
+_YAML_TYPES = {
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "bool": lambda v: isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "None": lambda v: v is None, "Optional": lambda v: v is None,
+    "list": lambda v: isinstance(v, list), "tuple": lambda v: isinstance(v, list),
+    "List": lambda v: isinstance(v, list), "Tuple": lambda v: isinstance(v, list),
+    "Sequence": lambda v: isinstance(v, list),
+    "dict": lambda v: isinstance(v, dict), "Dict": lambda v: isinstance(v, dict),
+    "Time": lambda v: isinstance(v, (str, int)) and not isinstance(v, bool),
+}
+
+
+def _type_names(annotation, default) -> list[str]:
+    import re
+    if annotation is inspect.Parameter.empty:
+        return [] if default in (None, inspect.Parameter.empty) else [type(default).__name__]
+    text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    return [n for n in re.findall(r"[A-Za-z_]+", text) if n in _YAML_TYPES]
+
+
+def check_type(value, annotation, default, key: str) -> None:
+    """ConfigError naming `key` unless `value` fits the annotation (or the default's type); a string for a
+    Composer `Time` must parse as one ("100ba", "1ep", "0.5dur", ...)."""
+    names = _type_names(annotation, default)
+    if "Any" in str(annotation) or not names or value is None and default is None:
+        return
+    if not any(_YAML_TYPES[n](value) for n in names):
+        want = " or ".join(dict.fromkeys({"Time": "a time like '100ba'", "Optional": "null", "None": "null"}.get(n, n)
+                                         for n in names))
+        raise ConfigError(f"'{key}' must be {want}, got {value!r} ({type(value).__name__})")
+    if "Time" in names and isinstance(value, str):
+        from composer.core import Time
+        try:
+            Time.from_timestring(value)
+        except ValueError:
+            if "str" not in names or key.rsplit(".", 1)[-1] in _TIME_KEYS:
+                raise ConfigError(f"'{key}' must be a time like '100ba', '2ep', '1000tok', '0.5dur', got {value!r}") \
+                    from None
+
+
+_TIME_KEYS = {"max_duration", "eval_interval", "save_interval", "console_log_interval", "t_warmup", "t_max"}
+
+
+def check_signature_types(kwargs: dict, fn, where: str) -> None:
+    params = inspect.signature(fn).parameters
+    for key, value in kwargs.items():
+        if key in params:
+            check_type(value, params[key].annotation, params[key].default, f"{where}.{key}")
 
 
 def validate(cfg: dict) -> None:
     """Every key of a resolved config is known; raises ConfigError naming the first one that is not."""
+    from composer import Trainer
+
     from nanoocr import presets
     check_keys(cfg, TOP_KEYS, "<top level>")
+    trainer_params = inspect.signature(Trainer.__init__).parameters
+    for key, value in cfg.items():
+        if key in TOP_TYPES:
+            check_type(value, TOP_TYPES[key], None, key)
+        elif key in trainer_params:
+            check_type(value, trainer_params[key].annotation, trainer_params[key].default, key)
+    for key in ("device_train_batch_size", "device_eval_batch_size"):
+        if cfg.get(key) is not None and cfg[key] <= 0:
+            raise ConfigError(f"'{key}' must be > 0, got {cfg[key]}")
     model = cfg.get("model") or {}
     check_keys(model, MODEL_KEYS, "model")
     check_keys(model.get("pretrained") or {}, PRETRAINED_KEYS, "model.pretrained")
     base = presets.build_config(model.get("preset", "nano"))
-    for part in ("sam", "clip", "gpt"):
-        valid = set(getattr(base, part).__dataclass_fields__)
-        check_keys(model.get(part) or {}, valid, f"model.{part}")
-    check_keys(model.get("vlm") or {}, set(base.__dataclass_fields__) - {"sam", "clip", "gpt"}, "model.vlm")
+    import dataclasses
+    for part, config in (("sam", base.sam), ("clip", base.clip), ("gpt", base.gpt), ("vlm", base)):
+        fields = {f.name: f for f in dataclasses.fields(config) if f.name not in ("sam", "clip", "gpt")}
+        section = model.get(part) or {}
+        check_keys(section, set(fields), f"model.{part}")
+        for key, value in section.items():
+            check_type(value, fields[key].type, getattr(config, key), f"model.{part}.{key}")
     check_keys(cfg.get("tokenizer") or {}, TOKENIZER_KEYS, "tokenizer")
     from nanoocr import data
     dataset_keys = _builder_keys(data.OCRStreamingDataset.__init__) - {"tokenizer", "batch_size"}
@@ -98,6 +175,8 @@ def validate(cfg: dict) -> None:
         check_keys(loader, set(data.LOADER_KEYS), name)
         dataset = loader.get("dataset") or {}
         check_keys(dataset, dataset_keys, f"{name}.dataset")
+        check_signature_types({k: v for k, v in dataset.items() if k != "streams"}, data.OCRStreamingDataset.__init__,
+                              f"{name}.dataset")
         if not dataset.get("streams"):
             raise ConfigError(f"section '{name}.dataset' needs at least one entry in 'streams'")
         for sname, stream in _streams(dataset):
@@ -113,6 +192,7 @@ def validate(cfg: dict) -> None:
             if name not in table:
                 raise ConfigError(f"unknown {section[:-1]} '{name}' in section '{section}'{_suggest(name, table)}")
             check_keys(kwargs or {}, _builder_keys(table[name]) - {"ctx"}, f"{section}.{name}")
+            check_signature_types(kwargs or {}, table[name], f"{section}.{name}")
 
 
 def _streams(dataset: dict) -> list[tuple[str, dict]]:
@@ -145,13 +225,13 @@ def load_config(yaml_path: str, overrides: list[str]) -> dict:
 # ----------------------------------------------------------------------------------------------------
 # builders (one dict per name-keyed section: the only "registries" here)
 
-def _adamw(params, lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0):
+def _adamw(params, lr: float, betas: list = (0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.0):
     """torch AdamW: weight decay IS multiplied by the lr (unlike Composer's DecoupledAdamW)."""
     import torch
     return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
 
-def _decoupled_adamw(params, lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0):
+def _decoupled_adamw(params, lr: float, betas: list = (0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.0):
     """Composer's DecoupledAdamW: weight decay NOT multiplied by the lr (wd 1e-4 here ≈ torch 0.1 at lr 1e-3)."""
     from composer.optim import DecoupledAdamW
     return DecoupledAdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
@@ -545,9 +625,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     from nanoocr.checkpoint import CheckpointError
+    from nanoocr.data import DataError
     try:
         train(cfg)
-    except CheckpointError as e:  # a refused checkpoint is the user's input, not a crash: no traceback
+    except (CheckpointError, DataError, ConfigError) as e:  # the user's input, not a crash: no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageDraw
 from streaming import MDSWriter
 
-from nanoocr.data import (build_dataloader, build_streams, collate, data_spec, get_num_samples_in_batch,
+from nanoocr.data import (DataError, build_dataloader, build_streams, collate, data_spec, get_num_samples_in_batch,
                           get_num_tokens_in_batch, split_batch)
 from nanoocr.processing import process_sample
 from nanoocr.tokenizer import Tokenizer
@@ -304,14 +304,33 @@ def test_rejected_samples_are_counted_and_reported(tmp_path, tok, caplog, num_wo
 
 
 def test_config_errors_name_the_problem(tmp_path, mixture, tok):
-    with pytest.raises(FileNotFoundError, match="stream 'vision'.*index.json"):
+    with pytest.raises(DataError, match="stream 'vision'.*index.json"):
         build_streams({"vision": {"local": str(tmp_path / "nowhere"), "proportion": 1.0}})
-    with pytest.raises(AssertionError, match="unknown keys.*porportion"):
+    with pytest.raises(DataError, match="unknown keys.*porportion"):
         build_streams({"vision": {"local": mixture["vision"], "porportion": 1.0}})
-    with pytest.raises(AssertionError, match="loss must be one of"):
+    with pytest.raises(DataError, match="loss must be one of"):
         build_dataloader(loader_cfg(mixture, loss="everything"), tok, 4)
-    with pytest.raises(AssertionError, match="unknown keys.*num_worker"):
+    with pytest.raises(DataError, match="unknown keys.*num_worker"):
         build_dataloader({**loader_cfg(mixture), "num_worker": 2}, tok, 4)
+    with pytest.raises(DataError, match="max_crops"):
+        build_dataloader(loader_cfg(mixture, max_crops=100_000), tok, 4)
+    gc.collect()
+
+
+def test_data_that_cannot_train_is_refused_by_name(tmp_path, mixture, tok):
+    """Each of these used to hang (empty epochs) or fail deep inside Streaming/numpy."""
+    from streaming import MDSWriter
+    with MDSWriter(out=str(tmp_path / "empty"), columns={"id": "str"}):
+        pass  # an MDS with an index and no samples
+    with pytest.raises(DataError, match="stream 'e'.*holds no samples"):
+        build_streams({"e": {"local": str(tmp_path / "empty")}})
+    with pytest.raises(DataError, match="stream 'vision': proportion must be a number > 0, got 0.0"):
+        build_streams({"vision": {"local": mixture["vision"], "proportion": 0.0}})
+    n = len(build_dataloader(loader_cfg(mixture), tok, 1).dataset)
+    # one sample short of a batch: with drop_last, an epoch of zero batches (Composer loops on it forever)
+    with pytest.raises(DataError, match=f"{n} per rank: fewer than one batch of {n + 1}"):
+        build_dataloader(loader_cfg(mixture), tok, n + 1)
+    assert len(build_dataloader(loader_cfg(mixture), tok, n)) == 1
     gc.collect()
 
 

@@ -75,6 +75,26 @@ def test_misspelled_keys_are_named():
         assert expected in str(err.value), str(err.value)
 
 
+def test_value_types_are_checked_naming_the_key():
+    """A wrong-typed value fails at load time naming its key (it used to fail late, deep in torch/Composer)."""
+    cases = {"optimizer.lr=fast": "'optimizer (adamw).lr' must be float, got 'fast'",
+             "seed=abc": "'seed' must be null or int, got 'abc'",
+             "max_duration=banana": "'max_duration' must be a time like '100ba'",
+             "scheduler.t_warmup=soon": "'scheduler (cosine_with_warmup).t_warmup' must be a time",
+             "model.gpt.n_layer=two": "'model.gpt.n_layer' must be int",
+             "train_loader.dataset.max_seq_len=1.5": "'train_loader.dataset.max_seq_len' must be int",
+             "callbacks.vision_collapse.interval=often": "'callbacks.vision_collapse.interval' must be int",
+             "device_train_batch_size=0": "'device_train_batch_size' must be > 0",
+             "save_overwrite=maybe": "'save_overwrite' must be bool"}
+    for override, expected in cases.items():
+        with pytest.raises(ConfigError) as err:
+            load_config(str(ROOT / "yamls/tier1_overfit.yaml"), [override])
+        assert expected in str(err.value), (override, str(err.value))
+    # the same keys with good values load
+    load_config(str(ROOT / "yamls/tier1_overfit.yaml"), ["optimizer.lr=1", "seed=3", "max_duration=2ep",
+                                                         "scheduler.t_warmup=0.1dur", "save_overwrite=true"])
+
+
 def test_cli_dict_override_replaces_the_section():
     cfg = load_config(str(ROOT / "yamls/stage1.yaml"), ["scheduler={name: step, step_size: 5ba}"])
     assert cfg["scheduler"] == {"name": "step", "step_size": "5ba"}  # no stale t_warmup / alpha_f
