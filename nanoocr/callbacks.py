@@ -7,6 +7,8 @@
 - NonFiniteLossGuard: a NaN/inf loss stops the run at AFTER_LOSS (before backward and the optimizer step),
   NaN/inf weights after a step stop it at BATCH_END (before that batch's checkpoint is written), so every
   checkpoint on disk holds finite weights.
+- SkippedSamplesGuard: stops a run in which more than a set share of the samples were rejected (a run that
+  trains on nothing must not exit 0 with a loss of 0.0); on in every recipe run.
 - VisionCollapseMonitor and GenerationEval run the model outside its forward: on every rank, inside
   nanoocr.distributed.full_params (whole parameters when the model is FSDP-sharded; a no-op otherwise).
 - VisionCollapseMonitor: mean pairwise cosine similarity of pooled vision features over a fixed probe
@@ -22,6 +24,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -33,6 +36,10 @@ from composer.utils import dist
 
 from nanoocr.distributed import clean_name, full_params
 from nanoocr.distributed import unwrap as _unwrap  # ComposerNanoOCR / DDP / FSDP → the NanoOCR
+
+
+class RunStopped(RuntimeError):
+    """A guard stopped the run for a reason its message states (the recipe prints it, exit code 1)."""
 
 
 class FreezeModules(Algorithm):
@@ -76,7 +83,7 @@ class NonFiniteLossGuard(Callback):
         values = loss.values() if isinstance(loss, dict) else loss if isinstance(loss, (list, tuple)) else [loss]
         for v in values:
             if not torch.isfinite(v).all():
-                raise RuntimeError(
+                raise RunStopped(
                     f"loss is {v.item()} at batch {int(state.timestamp.batch)} (not finite): stopping before the "
                     f"optimizer step. Weights are unchanged; the last checkpoint saved (if any) is the last good "
                     f"one — lower the learning rate or check the data, then resume from it.")
@@ -88,10 +95,60 @@ class NonFiniteLossGuard(Callback):
         dist.all_reduce(flag)
         if int(flag.item()):
             where = f": {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}" if bad else " (on another rank)"
-            raise RuntimeError(
+            raise RunStopped(
                 f"weights are not finite after the optimizer step of batch {int(state.timestamp.batch) - 1} "
                 f"({len(bad)} tensors on this rank{where}): stopping before they are checkpointed. The last "
                 f"checkpoint saved (if any) holds finite weights — lower the learning rate, then resume from it.")
+
+
+class SkippedSamplesGuard(Callback):
+    """Stops a run that trains on (almost) nothing: when more than `max_fraction` of the samples seen so far
+    (all ranks together) were rejected by the data pipeline (their rows are placeholders with no target),
+    checked once `min_samples` were seen and at every epoch and fit end. Without it, a run whose every
+    sample is rejected logs a loss of 0.0 at every step and exits 0: it looks like perfect convergence.
+    Every rank takes part in the count (one all-reduce per batch), so all ranks stop together."""
+
+    def __init__(self, max_fraction: float = 0.5, min_samples: int = 64):
+        if not 0.0 <= max_fraction <= 1.0:
+            raise ValueError(f"max_fraction must be in [0, 1], got {max_fraction}")
+        self.max_fraction, self.min_samples = max_fraction, min_samples
+        self.seen, self.skipped = 0, 0  # this rank
+        self.reasons: dict[str, tuple[int, str]] = {}  # kind -> (count, first "id: reason")
+        self.total = (0, 0)  # all ranks, as of the last batch
+
+    def after_dataloader(self, state: State, logger: Logger) -> None:
+        self.seen += int(state.batch["ids"].shape[0])
+        for sample_id, reason in state.batch["skipped"]:
+            self.skipped += 1
+            # "record ID: sequence of 124 tokens exceeds ..." -> "sequence of N tokens exceeds ..."
+            kind = re.sub(r"\d+", "N", reason.removeprefix(f"record {sample_id}: ").split(":")[0])
+            n, example = self.reasons.get(kind, (0, f"{sample_id}: {reason}"))
+            self.reasons[kind] = (n + 1, example)
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        counts = torch.tensor([self.seen, self.skipped], dtype=torch.long,
+                              device=next(state.model.parameters()).device)
+        dist.all_reduce(counts)
+        self.total = (int(counts[0]), int(counts[1]))
+        logger.log_metrics({"data/skipped_fraction": self.total[1] / max(1, self.total[0])})
+        if self.total[0] >= self.min_samples:
+            self._check()
+
+    def epoch_end(self, state: State, logger: Logger) -> None:
+        self._check()
+
+    def fit_end(self, state: State, logger: Logger) -> None:
+        self._check()
+
+    def _check(self) -> None:
+        seen, skipped = self.total
+        if seen and skipped > self.max_fraction * seen:
+            kind, (n, example) = max(self.reasons.items(), key=lambda kv: kv[1][0]) if self.reasons else ("?", (0, ""))
+            raise RunStopped(
+                f"{skipped} of {seen} training samples ({100 * skipped / seen:.0f}%) were rejected by the data "
+                f"pipeline, more than max_fraction={self.max_fraction}: there is (almost) nothing to learn from. "
+                f"Most common reason on this rank ({n}x): {kind!r}, e.g. {example}. Fix the data or the loader "
+                f"settings (mode, max_seq_len, overflow), or raise callbacks.skipped_samples.max_fraction.")
 
 
 class VisionCollapseMonitor(Callback):

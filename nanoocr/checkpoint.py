@@ -13,6 +13,8 @@ non-tensor entries (RNG states, timestamps) are pickles inside the shards. Compo
   checkpoint's non-tensor entries with weights_only=True): called by the recipe before the Trainer exists,
   so `load_path`, `autoresume` and stage chaining are covered.
 - `load_composer_state(path)`: NanoOCR's own state dict from either layout (export uses it).
+- `repair_latest(save_folder)`: before autoresume, a `latest-rank0.pt` pointing at a truncated file is
+  pointed at the newest intact earlier checkpoint instead (Composer would fail on it).
 """
 from __future__ import annotations
 
@@ -154,3 +156,47 @@ def _load_sharded_state(directory: Path) -> dict:
         warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
         dcp.load(state, storage_reader=Reader(str(directory)), no_dist=True)
     return _model_state(state["state"]["model"], directory)
+
+
+def _intact(path: Path) -> bool:
+    """A monolithic checkpoint whose zip central directory (written last) reads: a file cut short by a crash,
+    a full disk or a partial copy is not."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as z:
+            return bool(z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _batch_of(path: Path) -> int:
+    """`ep0-ba12-rank0.pt` -> 12 (Composer's default checkpoint names); -1 when the name has no batch."""
+    import re
+    m = re.search(r"-ba(\d+)-", path.name)
+    return int(m.group(1)) if m else -1
+
+
+def repair_latest(save_folder: str | Path, latest_name: str = "latest-rank0.pt") -> str | None:
+    """Before autoresume: when `latest` points at a truncated monolithic checkpoint, point it at the newest
+    intact earlier one of the same folder (a message saying so is returned); CheckpointError when none is.
+    Sharded checkpoints (folders) and a missing `latest` are left to Composer."""
+    folder = Path(save_folder)
+    latest = folder / latest_name
+    if not latest.is_symlink() and not latest.exists():
+        return None
+    target = latest.resolve()
+    if target.is_dir() or (target.is_file() and _intact(target)):
+        return None
+    candidates = sorted((p for p in folder.glob("ep*-ba*-rank0.pt") if p.resolve() != target and p.is_file()),
+                        key=_batch_of, reverse=True)
+    for candidate in candidates:
+        if _intact(candidate):
+            tmp = folder / f".{latest_name}.repair"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(candidate.name)
+            tmp.replace(latest)  # atomic: `latest` is never missing
+            return (f"autoresume: {latest} pointed at {target.name}, which is {'missing' if not target.exists() else 'truncated'}; "
+                    f"resuming from the newest intact checkpoint, {candidate.name}")
+    raise CheckpointError(f"autoresume: {latest} points at {target.name}, which is "
+                          f"{'missing' if not target.exists() else 'truncated'}, and {folder} holds no intact "
+                          "earlier checkpoint: remove it to start over, or restore the file")

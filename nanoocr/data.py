@@ -245,9 +245,16 @@ def get_num_samples_in_batch(batch: Mapping[str, Any]) -> int:
     return int(batch["ids"].shape[0])
 
 
-def get_num_tokens_in_batch(batch: Mapping[str, Any]) -> dict[str, int]:
-    """Real (non-padding) tokens, and tokens that carry loss (for `accumulate_train_batch_on_tokens`)."""
-    return {"total": int(batch["lengths"].sum()), "loss_generating": int((batch["targets"] != -1).sum())}
+# The loss-token count of a microbatch without any (only rejected samples' placeholder rows). Composer
+# weights each microbatch by count / (the batch's total): a batch of only such rows would divide 0 by 0.
+# So small that float32 rounds `real + NO_TARGETS` back to `real`: a real batch's weights stay exact.
+NO_TARGETS = 1e-9
+
+
+def get_num_tokens_in_batch(batch: Mapping[str, Any]) -> dict[str, int | float]:
+    """Real (non-padding) tokens, and tokens that carry loss (for `accumulate_train_batch_on_tokens`;
+    NO_TARGETS when there are none)."""
+    return {"total": int(batch["lengths"].sum()), "loss_generating": int((batch["targets"] != -1).sum()) or NO_TARGETS}
 
 
 def _crop_counts(batch: Mapping[str, Any]) -> list[int]:

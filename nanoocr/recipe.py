@@ -305,6 +305,11 @@ def _nonfinite_guard(ctx):
     return NonFiniteLossGuard()
 
 
+def _skipped_samples(ctx, max_fraction=0.5, min_samples=64):
+    from nanoocr.callbacks import SkippedSamplesGuard
+    return SkippedSamplesGuard(max_fraction=max_fraction, min_samples=min_samples)
+
+
 def _sample_log(ctx):
     from nanoocr.callbacks import SampleLog
     return SampleLog(ctx["run_folder"])
@@ -312,7 +317,9 @@ def _sample_log(ctx):
 
 CALLBACKS = {"sample_log": _sample_log, "speed_monitor": _speed_monitor, "lr_monitor": _lr_monitor,
              "vision_collapse": _vision_collapse, "generation_eval": _generation_eval, "loss_curve": _loss_curve,
-             "nonfinite_guard": _nonfinite_guard}
+             "nonfinite_guard": _nonfinite_guard, "skipped_samples": _skipped_samples}
+# On in every run unless the YAML configures it (e.g. `skipped_samples: {max_fraction: 1.0}` to allow anything).
+DEFAULT_CALLBACKS = {"skipped_samples": {}}
 
 
 def _jsonl(ctx, filename="metrics.jsonl"):
@@ -529,16 +536,23 @@ def build_trainer(cfg: dict):
     def probe_images(n):
         from nanoocr.images import image_views, open_image
         # Read through each stream's remote + local, like the training stream (the cache may be empty).
-        recs = [r for s in train_streams for r in read_records(**_stream_source(s), limit=n) if r["image"]][:n]
+        recs = [r for s in train_streams for r in read_records(**_stream_source(s), limit=4 * n) if r["image"]][:n]
+        if len(recs) < 2:
+            raise ConfigError(f"callbacks.vision_collapse needs >= 2 records with an image among the first {4 * n} "
+                              f"of each training stream, found {len(recs)} (a text-only set? drop the callback)")
         return torch.stack([image_views(open_image(r["image"]), mode).global_view for r in recs])
 
     def heldout(n):
-        src = _streams((cfg.get("eval_loader") or cfg["train_loader"])["dataset"])[0][1]
-        return [r for r in read_records(**_stream_source(src), limit=4 * n) if r["image"]][:n]
+        name, src = _streams((cfg.get("eval_loader") or cfg["train_loader"])["dataset"])[0]
+        recs = [r for r in read_records(**_stream_source(src), limit=4 * n) if r["image"]][:n]
+        if not recs:
+            raise ConfigError(f"callbacks.generation_eval needs records with an image; the first {4 * n} of stream "
+                              f"'{name}' have none (a text-only set? drop the callback)")
+        return recs
 
     ctx = {"tokenizer": tokenizer, "run_folder": run_folder, "mode": mode, "measure_peak": measure_matmul_peak,
            "probe_images": probe_images, "heldout": heldout}
-    callbacks = [CALLBACKS[n](ctx, **(kw or {})) for n, kw in (cfg.get("callbacks") or {}).items()]
+    callbacks = [CALLBACKS[n](ctx, **(kw or {})) for n, kw in {**DEFAULT_CALLBACKS, **(cfg.get("callbacks") or {})}.items()]
     loggers = [LOGGERS[n](ctx, **(kw or {})) for n, kw in (cfg.get("loggers") or {}).items()]
 
     parallelism = None
@@ -552,8 +566,12 @@ def build_trainer(cfg: dict):
             fsdp["activation_checkpointing"] = True
         parallelism = {"fsdp": fsdp}
     # load_path, autoresume and stage chaining open pickles: Composer must not run code from them.
-    from nanoocr.checkpoint import CheckpointError, guard_composer_loading
+    from nanoocr.checkpoint import CheckpointError, guard_composer_loading, repair_latest
     guard_composer_loading()
+    if cfg.get("autoresume") and cfg.get("save_folder") and "://" not in cfg["save_folder"] and _is_rank0():
+        if message := repair_latest(cfg["save_folder"]):
+            log.warning(message)
+    _barrier()
     try:
         trainer = Trainer(
             run_name=run_name, model=composer_model, train_dataloader=train_spec, eval_dataloader=eval_spec,
@@ -624,6 +642,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    from nanoocr.callbacks import RunStopped
     from nanoocr.checkpoint import CheckpointError
     from nanoocr.data import DataError
     try:
@@ -631,4 +650,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, DataError, ConfigError) as e:  # the user's input, not a crash: no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RunStopped as e:  # a guard stopped training (non-finite loss or weights, rejected data)
+        print(f"error: run stopped: {e}", file=sys.stderr)
+        return 1
     return 0

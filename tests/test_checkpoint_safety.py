@@ -83,3 +83,30 @@ def test_checkpoint_without_this_models_weights_is_refused(mds, tmp_path):  # no
         "max_duration=1ba", f"load_path={tmp_path / 'other.pt'}", "load_weights_only=true"]))
     with pytest.raises(RuntimeError, match="Missing key|Unexpected key"):
         build_trainer(cfg)
+
+
+@pytest.mark.slow
+def test_truncated_latest_checkpoint_falls_back_to_the_previous_intact_one(mds, tmp_path):  # noqa: F811
+    run = tmp_path / "run"
+    over = ["save_interval=1ba", "autoresume=true", "run_name=trunc", "eval_loader=null", "callbacks={}"]
+    trainer, _, _ = build_trainer(load_config("yamls/stage1.yaml", shrink(run, mds / "vision",
+                                                                          extra=over + ["max_duration=2ba"])))
+    trainer.fit()
+    trainer.close()
+    latest = run / "ckpt" / "latest-rank0.pt"
+    newest = latest.resolve()
+    assert newest.name == "ep0-ba2-rank0.pt"
+    data = newest.read_bytes()
+    newest.write_bytes(data[:len(data) // 2])  # a crash / full disk cut the newest checkpoint short
+    trainer, _, _ = build_trainer(load_config("yamls/stage1.yaml", shrink(run, mds / "vision",
+                                                                          extra=over + ["max_duration=3ba"])))
+    assert latest.resolve().name == "ep0-ba1-rank0.pt"
+    assert int(trainer.state.timestamp.batch) == 1  # resumed from the intact one
+    trainer.fit()
+    assert int(trainer.state.timestamp.batch) == 3
+    trainer.close()
+    # nothing intact left: refused by name, not a traceback from deep inside torch
+    for p in (run / "ckpt").glob("ep*-rank0.pt"):
+        p.write_bytes(b"PK\x03\x04 cut")
+    with pytest.raises(CheckpointError, match="latest-rank0.pt points at .*truncated.*no intact"):
+        build_trainer(load_config("yamls/stage1.yaml", shrink(run, mds / "vision", extra=over + ["max_duration=4ba"])))

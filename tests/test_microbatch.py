@@ -24,24 +24,29 @@ def tiny_config():
         image_token_id=IMG)
 
 
-def make_batch(cfg):
+def make_batch(cfg, lengths=LENGTHS, has_image=HAS_IMAGE):
+    """Rows of `lengths` real tokens; a 0 is a rejected sample's placeholder row (all padding, no target)."""
     g = torch.Generator().manual_seed(0)
-    B, T, n_img = len(LENGTHS), max(LENGTHS), image_token_count(cfg, SIZE)
+    B, T, n_img = len(lengths), max(1, *lengths), image_token_count(cfg, SIZE)
     ids = torch.zeros(B, T, dtype=torch.long)
     targets = torch.full((B, T), -1, dtype=torch.long)
-    for b, L in enumerate(LENGTHS):
+    for b, L in enumerate(lengths):
+        if L == 0:
+            continue
         ids[b, :L] = torch.randint(0, 60, (L,), generator=g)
-        if HAS_IMAGE[b]:
+        if has_image[b]:
             ids[b, 1:1 + n_img] = IMG
         targets[b, :L - 1] = ids[b, 1:L]
         targets[b][(targets[b] == IMG) | (ids[b] == IMG)] = -1  # no loss on or into image positions
-    n = sum(HAS_IMAGE)
-    return {"ids": ids, "targets": targets, "images": torch.randn(n, 3, SIZE, SIZE, generator=g), "crops": None,
-            "tiles": torch.ones(n, 2, dtype=torch.long), "sample_ids": [f"s{i}" for i in range(B)],
-            "has_image": torch.tensor(HAS_IMAGE), "lengths": torch.tensor(LENGTHS), "skipped": []}
+    n = sum(has_image)
+    skipped = [(f"s{i}", "rejected") for i, L in enumerate(lengths) if L == 0]
+    return {"ids": ids, "targets": targets, "images": torch.randn(n, 3, SIZE, SIZE, generator=g) if n else None,
+            "crops": None, "tiles": torch.ones(n, 2, dtype=torch.long) if n else None,
+            "sample_ids": [f"s{i}" for i in range(B)], "has_image": torch.tensor(has_image),
+            "lengths": torch.tensor(lengths), "skipped": skipped}
 
 
-def run_step(microbatch_size, on_tokens=True):
+def run_step(microbatch_size, on_tokens=True, batch=None):
     from composer import Trainer
     from composer.core import Callback
     from composer.loggers import InMemoryLogger
@@ -60,7 +65,7 @@ def run_step(microbatch_size, on_tokens=True):
         model.gpt.lm_head.weight.normal_(std=0.1)  # zero-init lm_head: no gradient below it at step 0
     cm = ComposerNanoOCR(model)
     grads, mem = Grads(), InMemoryLogger()
-    trainer = Trainer(model=cm, train_dataloader=data_spec([make_batch(cfg)]), max_duration="1ba",
+    trainer = Trainer(model=cm, train_dataloader=data_spec([batch or make_batch(cfg)]), max_duration="1ba",
                       optimizers=torch.optim.SGD(cm.parameters(), lr=0.5), device="cpu", precision="fp32",
                       device_train_microbatch_size=microbatch_size, accumulate_train_batch_on_tokens=on_tokens,
                       callbacks=[grads], loggers=[mem], progress_bar=False, log_to_console=False, seed=0,
@@ -112,3 +117,22 @@ def test_loss_generating_tokens_are_counted():
     counts = get_num_tokens_in_batch(b)
     assert counts == {"total": sum(LENGTHS), "loss_generating": int((b["targets"] != -1).sum())}
     assert counts["loss_generating"] < counts["total"]
+
+
+def test_a_microbatch_of_only_placeholder_rows_does_not_scale_the_step():
+    """Rows 2, 3 rejected: split in 2, the second microbatch has no target. The step must equal the unsplit one
+    (sample weighting scaled the loss and gradient by the kept share)."""
+    batch = make_batch(tiny_config(), lengths=[40, 25, 0, 0], has_image=[True, True, False, False])
+    (g4, w4, loss4), (g2, w2, loss2) = run_step(4, batch=batch), run_step(2, batch=batch)
+    for n in g4:
+        assert torch.allclose(g4[n], g2[n], atol=1e-5, rtol=0), (n, (g4[n] - g2[n]).abs().max())
+    assert abs(loss4 - loss2) < 1e-5 and loss4 > 1.0, (loss4, loss2)
+
+
+def test_a_batch_of_only_placeholder_rows_is_a_step_with_nothing_to_learn():
+    """Every row rejected: Composer divides by the batch's loss tokens (0); the step must run, touch nothing
+    through the gradients (all zero) and log a zero loss instead of raising ZeroDivisionError."""
+    batch = make_batch(tiny_config(), lengths=[0, 0, 0, 0], has_image=[False] * 4)
+    grads, _, loss = run_step(2, batch=batch)
+    assert loss == 0.0
+    assert all(float(g.abs().max()) == 0.0 for g in grads.values())
