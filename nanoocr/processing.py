@@ -82,7 +82,7 @@ def process_sample(record: dict, tokenizer: Tokenizer, mode: str = "base", loss:
     has_image = image is not None and not (isinstance(image, (bytes, bytearray)) and len(image) == 0)
     try:
         validate_messages(record.get("messages"), has_image)
-        ids, mask = tokenizer.render_conversation(record["messages"])
+        ids, mask = tokenizer.render_conversation(_cap_text(record["messages"], tokenizer, max_seq_len))
         views = None
         if has_image:
             views = image_views(_load_image(image, max_pixels), mode, min_crops, max_crops, normalize)
@@ -107,6 +107,17 @@ def process_sample(record: dict, tokenizer: Tokenizer, mode: str = "base", loss:
         "crops": views.crops if views else None,
         "tiles": views.tiles if views else None,
     }
+
+
+def _cap_text(messages: list[dict], tokenizer: Tokenizer, max_seq_len: int) -> list[dict]:
+    """Messages whose contents are cut to what can reach the first max_seq_len + 1 tokens (+ a margin for
+    the tokenizer's pre-split at the cut), so an untrusted 50 MB answer is never tokenized whole. A content
+    that long yields more tokens than fit on its own: the truncated row is the same (overflow=truncate),
+    and the sample is still over-long (overflow=drop)."""
+    cap = (max_seq_len + 1) * tokenizer.max_token_chars + 1024
+    if all(len(m["content"]) <= cap for m in messages):
+        return messages
+    return [{**m, "content": m["content"][:cap]} for m in messages]
 
 
 def expand_image(ids: list[int], mask: list[int], image_id: int, n: int) -> tuple[list[int], list[int]]:

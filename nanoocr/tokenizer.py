@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import functools
 import io
 import json
 import os
@@ -74,6 +75,11 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         return self.hf.get_vocab_size()
+
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        """The most characters one token decodes to: n tokens never cover more than n * this of text."""
+        return max(1, max(len(self.decode([i])) for i in range(self.vocab_size)))
 
     def save(self, directory: str | Path) -> Path:
         """Write tokenizer.json into `directory`; returns its path."""

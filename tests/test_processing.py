@@ -136,3 +136,41 @@ def test_no_targets_under_assistant_loss(tok):
     assert process_sample(rec, tok, loss="all_text")["targets"].ne(-1).any()
     with pytest.raises(SampleError, match="no target tokens"):
         process_sample(rec, tok, loss="assistant")
+
+
+def test_a_huge_answer_is_never_tokenized_whole(tok, monkeypatch):
+    """A 50 MB answer: only what can reach the first max_seq_len + 1 tokens is tokenized, and the row equals
+    the one tokenizing everything would give (checked on a 200 kB answer, where tokenizing it all is cheap)."""
+    import random
+    import time
+
+    import nanoocr.processing as processing
+    rng = random.Random(0)
+    words = ["Total", "EUR", "Thank", "you", "42.00", "page", "hello", "world,", "describe", "Free", "OCR."]
+    text = " ".join(rng.choice(words) for _ in range(40_000))  # ~200 kB
+    for overflow in ("truncate", "drop"):
+        kwargs = dict(mode="tiny", max_seq_len=96, overflow=overflow)
+        with monkeypatch.context() as m:
+            m.setattr(processing, "_cap_text", lambda messages, *a: messages)  # the reference: no cap
+            try:
+                want = process_sample(record(answer=text, prompt="Free OCR."), tok, **kwargs)
+            except SampleError as e:
+                want = e
+        try:
+            got = process_sample(record(answer=text, prompt="Free OCR."), tok, **kwargs)
+        except SampleError as e:
+            got = e
+        if overflow == "truncate":
+            assert torch.equal(got["input_ids"], want["input_ids"]) and torch.equal(got["targets"], want["targets"])
+            assert len(got["input_ids"]) == 96
+        else:
+            assert isinstance(got, SampleError) and isinstance(want, SampleError) and "overflow=drop" in str(got)
+
+    seen = []
+    encode = tok.encode
+    monkeypatch.setattr(tok, "encode", lambda s: seen.append(len(s)) or encode(s))
+    t0 = time.perf_counter()
+    s = process_sample(record(answer="x" * 50_000_000, prompt="Free OCR."), tok, mode="tiny", max_seq_len=96)
+    assert len(s["input_ids"]) == 96
+    assert max(seen) <= 97 * tok.max_token_chars + 1024, max(seen)
+    assert time.perf_counter() - t0 < 5
