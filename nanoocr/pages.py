@@ -4,8 +4,14 @@
         [--workers N] [--dpi 144]
 
 Writes `DIR/train/` and `DIR/val/` (MDS folders, each with its own rejected.jsonl and summary.json, written
-by `nanoocr.convert_to_mds.convert`) and `DIR/pages_summary.json`: per-document counts, every filtered
+by `nanoocr.convert_to_mds.write_mds`) and `DIR/pages_summary.json`: per-document counts, every filtered
 page with its reason and measurements, and read == written + filtered (asserted).
+
+DIR appears only complete, the way convert_to_mds publishes (`build_data` takes DIR/train/index.json for a
+built set): everything is written into DIR.incomplete beside it, renamed to DIR at the end; a crash leaves no
+DIR/train, a kill -9 leaves DIR.incomplete, named and rebuilt by the next run. When no page is kept (exit 1)
+the reports (pages_summary.json, train/ and val/ rejected.jsonl and summary.json) go to DIR.rejected/ and DIR
+stays empty. A failed write (e.g. a full disk) exits 1 naming DIR and the OS error.
 
 Notable features:
 - every `*.pdf` and `*.pdf.gz` under DIR (Debian compresses documentation; .gz files are unpacked to a
@@ -190,8 +196,22 @@ def kept_pages(docs: list[tuple[str, Path, list[int]]], dpi: int, workers: int, 
 
 def build(pdf_dir: Path, out: Path, max_pages: int | None = None, val_fraction: float = 0.1, seed: int = 0,
           workers: int = 1, dpi: int = 144) -> dict:
-    """Build out/train, out/val and out/pages_summary.json; returns the summary."""
-    from nanoocr.convert_to_mds import convert
+    """Build out/train, out/val and out/pages_summary.json, published at once (see the module docstring);
+    returns the summary."""
+    from nanoocr.convert_to_mds import publish, staging_folder
+    stage = staging_folder(str(out))
+    try:
+        summary = build_into(pdf_dir, stage, max_pages, val_fraction, seed, workers, dpi)
+        publish(stage, str(out), complete=summary["written"] > 0)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # gone once published; what a failed build left otherwise
+    return summary
+
+
+def build_into(pdf_dir: Path, out: Path, max_pages: int | None, val_fraction: float, seed: int, workers: int,
+               dpi: int) -> dict:
+    """Write train/, val/ and pages_summary.json into the new folder `out`; returns the summary."""
+    from nanoocr.convert_to_mds import REJECTED_JSONL, write_mds
     from nanoocr.pdf import PopplerError, page_count
     with tempfile.TemporaryDirectory(prefix="nanoocr-pages-") as staging:
         docs, filtered, unreadable, in_pdf = {}, [], [], {}
@@ -208,9 +228,9 @@ def build(pdf_dir: Path, out: Path, max_pages: int | None = None, val_fraction: 
         for split in ("train", "val"):
             chosen = [(d, path, pages) for d, (path, pages) in docs.items() if (d in val) == (split == "val")]
             records = kept_pages(chosen, dpi, workers, filtered, counts)
-            splits[split] = convert([(f"pages:{split}", records, None)], str(out / split), compression="zstd")
-            # A page that passed the filter but failed validation (convert's rejected.jsonl) is filtered too.
-            for line in (out / split / "rejected.jsonl").read_text().splitlines():
+            splits[split] = write_mds([(f"pages:{split}", records, None)], out / split, compression="zstd")
+            # A page that passed the filter but failed validation (write_mds' rejected.jsonl) is filtered too.
+            for line in (out / split / REJECTED_JSONL).read_text().splitlines():
                 rej = json.loads(line)
                 doc = rej["id"].rsplit("#p", 1)[0]
                 filtered.append({"id": rej["id"], "reason": f"invalid record: {rej['reason']}", "document": doc})
@@ -257,14 +277,18 @@ def main(argv=None) -> int:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         ap.error(f"--out {out}: exists and is not an empty folder (MDS shards are never mixed with older ones)")
-    out.mkdir(parents=True, exist_ok=True)
-    s = build(Path(args.pdf_dir), out, args.max_pages, args.val_fraction, args.seed, args.workers, args.dpi)
+    try:
+        s = build(Path(args.pdf_dir), out, args.max_pages, args.val_fraction, args.seed, args.workers, args.dpi)
+    except OSError as e:  # a full disk...: nothing was published (build removes what it had written)
+        print(f"error: building {out} failed, nothing was written there: {e}", file=sys.stderr)
+        return 1
     for doc, c in s["documents"].items():
         print(f"{c['split']:5s} {c['written']:5d}/{c['read']:<5d} {doc}")
     print(f"read {s['read']} pages, written {s['written']} (train {s['train']['pages']}, val {s['val']['pages']}), "
           f"filtered {s['filtered']} {s['by_reason']} -> {out}")
     if not s["written"]:
-        print("error: no text-dominant page found", file=sys.stderr)
+        from nanoocr.convert_to_mds import reports_at
+        print(f"error: no text-dominant page found (the reports: {reports_at(str(out), 0)})", file=sys.stderr)
         return 1
     return 0
 

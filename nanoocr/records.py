@@ -7,12 +7,15 @@ A record is `{"id": str, "source": str, "messages": [{"role", "content"}, ...], 
 
 Notable features:
 - conversation shape: optional leading system message, then user/assistant alternating from user, ending
-  with the assistant (a sample without an answer has nothing to train on); no empty content;
+  with the assistant (a sample without an answer has nothing to train on); no empty content, none longer
+  than MAX_TEXT_CHARS characters, and at most MAX_RECORD_CHARS over all the messages;
 - exactly one `<image>` tag, in the first user message, iff an image is present;
 - text must be valid UTF-8: bytes that don't decode and lone surrogates (what `json.loads` makes of
   "\\udcff") are rejected with the byte/char offset;
 - image paths stay inside the data root (`../`, absolute paths elsewhere and symlinks pointing out are
   rejected after `Path.resolve()`, which follows symlinks);
+- image files larger than `nanoocr.images.MAX_IMAGE_BYTES` are refused by their size before a byte is read
+  (`read_image_file`), image bytes handed over in memory by the same bound;
 - images are decoded once by `nanoocr.images.open_image` (corrupt, truncated, zero-byte, pixel bombs are
   rejected there); palette/LA/RGBA/CMYK/16-bit/1-bit modes and EXIF rotation are fine;
 - sources may hand over a record that already failed upstream as `{"id", "source", "error": reason}`
@@ -26,9 +29,13 @@ from pathlib import Path
 
 from PIL import Image
 
-from nanoocr.images import MAX_PIXELS, ImageError, open_image
+from nanoocr.images import MAX_IMAGE_BYTES, MAX_PIXELS, ImageError, open_image, read_image_file
 
 IMAGE_TAG = "<image>"
+# A dense printed page holds ~4000 characters: 1M is a book in one answer, beyond any sequence the model
+# trains on; a longer text is a broken or hostile record (a 50 MB answer), not an OCR sample.
+MAX_TEXT_CHARS = 1_000_000
+MAX_RECORD_CHARS = 4 * MAX_TEXT_CHARS  # all messages together: many turns each under the bound
 
 
 class RecordError(ValueError):
@@ -63,7 +70,13 @@ def check_messages(messages) -> list[dict]:
         content = _check_text(m["content"], f"message {i} content")
         if not content.strip():
             raise RecordError(f"message {i} ({role}) has empty content")
+        if len(content) > MAX_TEXT_CHARS:
+            raise RecordError(f"message {i} ({role}) content too long: {len(content)} characters > limit "
+                              f"{MAX_TEXT_CHARS}")
         out.append({"role": role, "content": content})
+    total = sum(len(m["content"]) for m in out)
+    if total > MAX_RECORD_CHARS:
+        raise RecordError(f"messages too long: {total} characters in {len(out)} messages > limit {MAX_RECORD_CHARS}")
     turns = out[1:] if out[0]["role"] == "system" else out
     if not turns:
         raise RecordError("messages hold only a system message")
@@ -135,11 +148,13 @@ def validate_record(record: dict, data_root=None, max_pixels: int = MAX_PIXELS,
     check_image_tags(messages, has_image)
     data = None
     if has_image:
-        if isinstance(image, (bytes, bytearray)):
-            data = bytes(image)
-        else:
-            data = resolve_image_path(image, data_root).read_bytes()
         try:
+            if isinstance(image, (bytes, bytearray)):
+                data = bytes(image)
+                if len(data) > MAX_IMAGE_BYTES:
+                    raise ImageError(f"image too large: {len(data)} bytes > limit {MAX_IMAGE_BYTES}")
+            else:
+                data = read_image_file(resolve_image_path(image, data_root))  # size checked before reading
             img = open_image(data, max_pixels=max_pixels)
         except ImageError as e:
             raise RecordError(f"bad image: {e}")

@@ -171,3 +171,57 @@ def test_validate_record_keeps_bytes_and_downscales_only_when_asked():
         validate_record({"messages": [{"role": "user", "content": "hi"}]})
     ok = validate_record({"messages": [{"role": "system", "content": "be brief"}, *conv("4", user="2+2?")["messages"]]})
     assert ok["messages"][0]["role"] == "system" and ok["image"] is None
+
+
+def test_jsonl_lines_too_deep_or_too_long_are_rejected_and_the_rest_converts(tmp_path, monkeypatch):
+    """A line nested ~1000 levels used to raise RecursionError out of json.loads (~500 out of the pickling
+    to --workers processes) and kill the conversion; a line longer than MAX_LINE_BYTES used to be read whole."""
+    from nanoocr import convert_to_mds
+    monkeypatch.setattr(convert_to_mds, "MAX_LINE_BYTES", 20_000)  # stands in for 64 MiB
+    good = [json.dumps(conv(f"answer {i}", None, f"g{i}", user="Question?")).encode() for i in range(3)]
+    lines = [good[0],
+             b'{"id": "deep", "messages": ' + b"[" * 5000 + b"]" * 5000 + b"}",  # json.loads' own limit
+             good[1],
+             b'{"id": "deep600", "messages": ' + b"[" * 600 + b"]" * 600 + b"}",  # parses; does not pickle
+             b'{"id": "long", "messages": [{"role": "user", "content": "' + b"x" * 30_000 + b'"}]}',
+             good[2],
+             b'{"id": "long_last", "messages": "' + b"y" * 25_000 + b'"}']  # over-long, no final newline
+    (tmp_path / "data.jsonl").write_bytes(b"\n".join(lines))
+    out = tmp_path / "out"
+    assert convert_to_mds.main(["--input", str(tmp_path / "data.jsonl"), "--out", str(out), "--workers", "2"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["read"], summary["written"], summary["rejected"]) == (7, 3, 4), summary
+    reasons = [json.loads(x)["reason"] for x in (out / "rejected.jsonl").read_text().splitlines()]
+    assert "nested too deeply" in reasons[0] and "line 2" in reasons[0], reasons
+    assert "nested too deeply" in reasons[1] and "line 4" in reasons[1], reasons
+    assert "line 5" in reasons[2] and "20000 bytes" in reasons[2], reasons
+    assert "line 7" in reasons[3] and "20000 bytes" in reasons[3], reasons
+
+
+def test_text_length_is_bounded():
+    from nanoocr.records import MAX_RECORD_CHARS, MAX_TEXT_CHARS
+    with pytest.raises(RecordError, match=rf"message 1 .*{MAX_TEXT_CHARS + 1} characters > limit {MAX_TEXT_CHARS}"):
+        validate_record(conv("x" * (MAX_TEXT_CHARS + 1), None, user="hi"))
+    assert validate_record(conv("x" * MAX_TEXT_CHARS, None, user="hi"))  # the limit itself is fine
+    n_turns = MAX_RECORD_CHARS // MAX_TEXT_CHARS + 1  # every message within its limit, the sum over it
+    turns = [{"role": r, "content": "y" * MAX_TEXT_CHARS} for _ in range(n_turns) for r in ("user", "assistant")]
+    with pytest.raises(RecordError, match=rf"{2 * n_turns * MAX_TEXT_CHARS} characters .* > limit {MAX_RECORD_CHARS}"):
+        validate_record({"messages": turns})
+
+
+def test_huge_image_file_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    """A sparse file just over MAX_IMAGE_BYTES: rejected by its size (stat), never read into memory (it was
+    read whole first: a 1 GiB file cost 1.7 GB of memory per worker)."""
+    from nanoocr.images import MAX_IMAGE_BYTES
+    with open(tmp_path / "huge.png", "wb") as f:
+        f.truncate(MAX_IMAGE_BYTES + 1)
+
+    def no_reading(self):
+        raise AssertionError(f"{self} was read")
+    monkeypatch.setattr(Path, "read_bytes", no_reading)
+    with pytest.raises(RecordError, match=f"{MAX_IMAGE_BYTES + 1} bytes > limit {MAX_IMAGE_BYTES}"):
+        validate_record(conv("x", "huge.png"), tmp_path)
+    import nanoocr.records
+    monkeypatch.setattr(nanoocr.records, "MAX_IMAGE_BYTES", 100)  # bytes handed over in memory: bounded alike
+    with pytest.raises(RecordError, match="101 bytes > limit 100"):
+        validate_record(conv("x", b"\x89PNG" + bytes(97)))

@@ -107,6 +107,16 @@ def test_usage_errors_exit_2(tmp_path, spec, capsys):
     assert spec.split(":")[0] in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag,value", [("--max-side", "0"), ("--max-side", "-3"), ("--max-pixels", "0"),
+                                        ("--max-pixels", "-1")])
+def test_non_positive_image_bounds_exit_2(tmp_path, flag, value, capsys):
+    """Accepted, they rejected every image and exited 0; they are usage errors naming the flag."""
+    with pytest.raises(SystemExit) as e:
+        convert_to_mds.main(["--input", "synthetic:table:1", "--out", str(tmp_path / "o"), flag, value])
+    assert e.value.code == 2 and flag in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # reported before anything was read or created
+
+
 def test_unusable_out_exit_2(tmp_path, capsys):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "old.mds").write_text("x")
@@ -140,11 +150,13 @@ def test_every_record_rejected_exits_1_with_the_most_common_reason(tmp_path, cap
     assert convert_to_mds.main(["--input", str(bad), "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert "nothing written" in err and "all 4 records were rejected" in err, err
-    summary = json.loads((out / "summary.json").read_text())
+    reports = Path(f"{out}.rejected")  # not in out: no index.json there, and out stays usable for a rerun
+    assert not (out / "index.json").exists() and f"{reports}/rejected.jsonl" in err, err
+    summary = json.loads((reports / "summary.json").read_text())
     top = max(summary["by_reason"], key=summary["by_reason"].get)
     assert summary["by_reason"][top] == 3 and f"most common reason (3x): {top!r}" in err, (summary, err)
     assert summary["reason_examples"][top] in err
-    assert len((out / "rejected.jsonl").read_text().splitlines()) == 4
+    assert len((reports / "rejected.jsonl").read_text().splitlines()) == 4
     # no record at all is a failure too
     (tmp_path / "empty.jsonl").write_text("\n")
     assert convert_to_mds.main(["--input", str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "o2")]) == 1

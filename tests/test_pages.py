@@ -134,7 +134,39 @@ def test_real_debian_pdf(tmp_path):
     out = tmp_path / "out"
     proc = run_pages("--pdf-dir", src, "--out", out, "--max-pages", "4")
     assert proc.returncode in (0, 1), proc.stderr[-3000:]  # 1: none of the 4 pages is text-dominant
-    s = json.loads((out / "pages_summary.json").read_text())
+    reports = out if proc.returncode == 0 else Path(f"{out}.rejected")  # nothing built: only the reports
+    s = json.loads((reports / "pages_summary.json").read_text())
     assert s["read"] == min(4, next(iter(s["documents"].values()))["pages_in_pdf"])
     assert s["read"] == s["written"] + s["filtered"] and s["val"]["pages"] == 0  # one document: all in train
-    assert len(mds_ids(out / "train")) == s["written"]
+    if proc.returncode == 0:
+        assert len(mds_ids(out / "train")) == s["written"]
+    else:
+        assert not (out / "train" / "index.json").exists() and str(reports) in proc.stderr
+
+
+def test_crash_in_val_publishes_nothing_and_a_rerun_builds(tmp_path, monkeypatch):
+    """train finished, then a crash while building val: DIR/train/index.json used to exist, so build_data
+    took the set for built. The whole DIR appears only when everything is written."""
+    import nanoocr.pages as pages
+    src = tmp_path / "pdfs"
+    src.mkdir()
+    make_pdf(src / "a.pdf", ["text"])  # val: 1 page fits 0.5 of 3, b's 2 do not
+    make_pdf(src / "b.pdf", ["text", "text"])
+    out = tmp_path / "out"
+    args = ["--pdf-dir", str(src), "--out", str(out), "--val-fraction", "0.5"]
+    real, calls = pages.kept_pages, []
+
+    def crash_in_val(docs, *a, **k):
+        calls.append(docs)
+        if len(calls) == 2:  # the val split
+            raise KeyboardInterrupt
+        return real(docs, *a, **k)
+    monkeypatch.setattr(pages, "kept_pages", crash_in_val)
+    with pytest.raises(KeyboardInterrupt):
+        pages.main(args)
+    assert not (out / "train" / "index.json").exists() and not (out / "pages_summary.json").exists()
+    assert not Path(f"{out}.incomplete").exists()
+    monkeypatch.undo()
+    assert pages.main(args) == 0
+    s = json.loads((out / "pages_summary.json").read_text())
+    assert s["written"] == 3 and len(mds_ids(out / "train")) == 2 and mds_ids(out / "val") == ["a.pdf#p1"]
