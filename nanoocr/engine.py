@@ -8,6 +8,7 @@ Notable features:
   mask that hides the pads, so every row generates what it would generate alone
 - greedy (temperature 0) or temperature / top-k sampling with a seeded torch.Generator
 - stop tokens (e.g. <|assistant_end|>, <|bos|>), max_new_tokens
+- a prompt + max_new_tokens beyond the model's positions is `PromptTooLong` (a ValueError), before any compute
 - DeepSeek-OCR's no-repeat n-gram guard: a token that would complete an n-gram already seen within the
   last `window` generated tokens is banned (OCR models fall into repetition loops)
 - the image token is never generated (it would need vision vectors)
@@ -23,6 +24,11 @@ from nanoocr.gpt import KVCache
 # words, numbers) is practically never blocked, and a window of 90 bounds the per-step cost.
 NO_REPEAT_NGRAM = 30
 NO_REPEAT_WINDOW = 90
+
+
+class PromptTooLong(ValueError):
+    """The prompt plus max_new_tokens do not fit the model's positions: an input problem (a long prompt, a
+    Gundam image with many crops, too large a --max-new-tokens), reported and skipped, not a crash."""
 
 
 def banned_ngram_tokens(tokens, n, window, whitelist=()):
@@ -82,7 +88,9 @@ class Engine:
         B, lengths = len(prompts), [len(p) for p in prompts]
         L = max(lengths)
         max_len = L + max_new_tokens
-        assert max_len <= gpt.rotary_seq_len, f"prompt {L} + {max_new_tokens} new > rotary table {gpt.rotary_seq_len}"
+        if max_len > gpt.rotary_seq_len:  # checked before any compute: the rotary table has no positions beyond
+            raise PromptTooLong(f"prompt of {L} tokens + {max_new_tokens} new tokens > the model's "
+                                f"{gpt.rotary_seq_len} positions")
 
         # Left padding: the pad id only has to differ from the image id (its keys are masked out).
         image_id = getattr(getattr(self.model, "config", None), "image_token_id", None)

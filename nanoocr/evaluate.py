@@ -20,7 +20,13 @@ Notable features:
   validation is SKIPPED WITH ITS REASON, counted and listed, never silently dropped;
 - the sample's prompt is its first user message, the ground truth the assistant message answering it
   (a leading system message is not part of OCR prompts and is left out; later turns are not scored);
-- batched greedy generation (`nanoocr.transcribe.evaluate_records`), one tqdm step per batch;
+- batched greedy generation (`nanoocr.transcribe.evaluate_records`), one tqdm step per batch; a batch that
+  fails on one record (a prompt longer than the model's positions, an image no view of the mode holds) is
+  redone record by record, so only that record is skipped, with its reason;
+- usage errors before any long work: --out first (a folder evaluate can create and write, holding no MDS
+  dataset (index.json) and no summary.json but evaluate's own), then --device, then --model (any way it is
+  not a usable export: one error line, `nanoocr.transcribe.load_export`) and --max-new-tokens against the
+  model's positions, all before a record is read or generated;
 - exit code 0 when the evaluation ran, 1 when nothing could be evaluated, 2 for usage errors.
 """
 from __future__ import annotations
@@ -28,11 +34,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from nanoocr.data import data_source, read_records
-
+OUTPUTS = ("per_sample.jsonl", "skipped.jsonl", "summary.json", "summary.md")  # the file set evaluate writes
 METRICS = ["exact_match", "cer", "edit_distance", "edit_distance_omnidoc", "fox_precision", "fox_recall", "fox_f1"]
 # Which direction is better, for the table: readers should not have to remember that CER is an error rate.
 LOWER_IS_BETTER = {"cer", "edit_distance", "edit_distance_omnidoc"}
@@ -40,6 +46,7 @@ LOWER_IS_BETTER = {"cer", "edit_distance", "edit_distance_omnidoc"}
 
 def load_records(spec: str, limit: int | None = None) -> tuple[list[dict], Path | None]:
     """(raw records, data root for relative image paths) of an MDS folder or a JSONL; ValueError if neither."""
+    from nanoocr.data import data_source, read_records  # imports torch and Streaming: not before usage checks
     if "remote" in data_source(spec):  # a remote MDS dataset (s3://, gs://, ...): read through a private cache
         return read_records(**data_source(spec), limit=limit), None
     path = Path(spec)
@@ -83,17 +90,58 @@ def split_records(records: list[dict], data_root: Path | None) -> tuple[list[dic
     return keep, skipped
 
 
-def evaluate(model, tokenizer, pairs: list[dict], mode: str, batch_size: int, max_new_tokens: int) -> list[dict]:
-    """Per-sample rows {"id", "pred", "gt", metrics...}, generated `batch_size` images at a time."""
+def check_out(out: Path) -> None:
+    """Create `out`, or ValueError(reason) if evaluate must not or cannot write its OUTPUTS there. Called before
+    the model is loaded: a bad --out found after generating would lose hours of results."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a folder")
+    if out.is_dir():
+        names = {p.name for p in out.iterdir()}
+        if "index.json" in names:
+            raise ValueError(f"{out}: holds an MDS dataset (index.json); its summary.json is the conversion's")
+        # evaluate writes per_sample.jsonl and skipped.jsonl before summary.json, and nothing else: a
+        # summary.json among other files (a report, a conversion's leftovers) is not evaluate's to replace.
+        if "summary.json" in names and not {"per_sample.jsonl", "skipped.jsonl"} <= names <= set(OUTPUTS):
+            raise ValueError(f"{out}: holds a summary.json that evaluate did not write (evaluate's own outputs are "
+                             f"{', '.join(OUTPUTS)} and nothing else); choose another --out")
+        links = [n for n in OUTPUTS if (out / n).is_symlink()]
+        if links:  # writing would go through the link, into whatever file it points at
+            raise ValueError(f"{out}: {links[0]} is a symlink; refusing to write through it")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):  # writable? (permissions, a read-only mount, a full quota)
+            pass
+    except OSError as e:
+        raise ValueError(f"{out}: cannot create or write this folder ({e.strerror or e})") from None
+
+
+def evaluate(model, tokenizer, pairs: list[dict], mode: str, batch_size: int,
+             max_new_tokens: int) -> tuple[list[dict], list[dict]]:
+    """(per-sample rows {"id", "pred", "gt", metrics...}, skipped [{"id", "reason"}]), `batch_size` images per
+    generate call. A batch that fails on a record's input is redone one record at a time: only the records
+    that fail alone are skipped (one long prompt must not cost its batch-mates, nor the evaluation)."""
     from tqdm import tqdm
 
+    from nanoocr.engine import PromptTooLong
+    from nanoocr.images import ImageError
     from nanoocr.transcribe import evaluate_records
-    rows = []
+
+    def generate(chunk):
+        return evaluate_records(model, tokenizer, chunk, mode=mode, max_new_tokens=max_new_tokens,
+                                batch_size=batch_size)[1]
+
+    rows, skipped = [], []
     for start in tqdm(range(0, len(pairs), batch_size), unit="batch", desc="evaluate", file=sys.stderr):
-        _, chunk_rows = evaluate_records(model, tokenizer, pairs[start:start + batch_size], mode=mode,
-                                         max_new_tokens=max_new_tokens, batch_size=batch_size)
-        rows += chunk_rows
-    return rows
+        chunk = pairs[start:start + batch_size]
+        try:
+            rows += generate(chunk)
+        except (PromptTooLong, ImageError):
+            for pair in chunk:
+                try:
+                    rows += generate([pair])
+                except (PromptTooLong, ImageError) as e:
+                    skipped.append({"id": pair["id"], "reason": str(e)})
+    return rows, skipped
 
 
 def markdown_table(summary: dict) -> str:
@@ -108,14 +156,16 @@ def markdown_table(summary: dict) -> str:
 
 def write_outputs(out: Path, rows: list[dict], skipped: list[dict], summary: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "per_sample.jsonl", "w", encoding="utf-8") as f:
+    # In OUTPUTS' order: summary.json after the per-sample files (check_out recognises evaluate's folders so).
+    per_sample, skipped_path, summary_json, summary_md = (out / name for name in OUTPUTS)
+    with open(per_sample, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    with open(out / "skipped.jsonl", "w", encoding="utf-8") as f:
+    with open(skipped_path, "w", encoding="utf-8") as f:
         for row in skipped:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "summary.md").write_text(markdown_table(summary))
+    summary_json.write_text(json.dumps(summary, indent=2) + "\n")
+    summary_md.write_text(markdown_table(summary))
 
 
 def main(argv=None) -> int:
@@ -134,25 +184,41 @@ def main(argv=None) -> int:
     from nanoocr.images import MODES
     if args.mode is not None and args.mode not in MODES:
         ap.error(f"--mode {args.mode!r}: expected one of {sorted(MODES)}")
-    if not Path(args.model).is_dir():
-        ap.error(f"--model {args.model}: no such folder")
+    try:
+        check_out(Path(args.out))
+    except ValueError as e:
+        ap.error(f"--out {e}")
+
+    import torch
+
+    from nanoocr.metrics import summarize
+    from nanoocr.transcribe import ExportError, load_export
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+        ap.error(f"--device {device!r}: expected cpu, cuda or cuda:N")
+    if kind == "cuda" and int(index or 0) >= torch.cuda.device_count():
+        ap.error(f"--device {device}: no such CUDA device ({torch.cuda.device_count()} available)")
+    try:
+        model, tokenizer, meta = load_export(args.model, device=device)
+    except ExportError as e:
+        ap.error(f"--model {e}")
+    if args.max_new_tokens >= model.gpt.rotary_seq_len:  # no record could be evaluated: say so before reading data
+        ap.error(f"--max-new-tokens {args.max_new_tokens}: the model holds {model.gpt.rotary_seq_len} positions, "
+                 "prompt and image tokens included")
+    mode = args.mode or meta["mode"]
     try:
         records, root = load_records(args.data, args.limit)
         pairs, skipped = split_records(records, root)
     except ValueError as e:
         ap.error(f"--data {e}")
-
-    import torch
-
-    from nanoocr.export import load_model
-    from nanoocr.metrics import summarize
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer, meta = load_model(args.model, device=device)
-    mode = args.mode or meta.get("mode", "base")
     for s in skipped:
         print(f"[skip] {s['id']}: {s['reason']}", file=sys.stderr)
     t0 = time.time()
-    rows = evaluate(model, tokenizer, pairs, mode, args.batch_size, args.max_new_tokens)
+    rows, failed = evaluate(model, tokenizer, pairs, mode, args.batch_size, args.max_new_tokens)
+    for s in failed:
+        print(f"[skip] {s['id']}: {s['reason']}", file=sys.stderr)
+    skipped += failed
     summary = {**summarize(rows), "skipped": len(skipped), "read": len(records), "mode": mode,
                "model": str(args.model), "data": str(args.data), "max_new_tokens": args.max_new_tokens,
                "seconds": round(time.time() - t0, 2)}

@@ -15,8 +15,8 @@ import sys
 
 from PIL import ImageDraw
 
-from nanoocr.images import (MODES, ImageError, count_tokens, global_view_image, gundam_tiles, is_stretched, open_image,
-                            padded_box)
+from nanoocr.images import (MODES, ImageError, check_crop_bounds, count_tokens, global_view_image, gundam_tiles,
+                            is_stretched, open_image, padded_box)
 
 
 def describe(img, mode: str, min_crops: int = 2, max_crops: int = 6) -> dict:
@@ -57,11 +57,15 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--overlay", help="write the global view with the content box and crop grid drawn")
     args = parser.parse_args(argv)
+    try:  # before any work: the grid search is cubic in --max-crops (100000 would never end)
+        check_crop_bounds(args.min_crops, args.max_crops)
+    except ValueError as e:
+        parser.error(f"--min-crops {args.min_crops} --max-crops {args.max_crops}: {e}")
     try:
-        img = open_image(args.file)
+        img = open_image(args.file)  # a path: size-checked (check_image_file) before a byte is read
     except ImageError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     info = describe(img, args.mode, args.min_crops, args.max_crops)
     if args.json:
         print(json.dumps(info))
@@ -71,7 +75,11 @@ def main(argv=None) -> int:
         print(f"{args.file}: {w}x{h}, mode {args.mode} (global {MODES[args.mode][0]}px), {grid}, "
               f"{info['tokens']} image tokens")
     if args.overlay:
-        draw_overlay(img, info).save(args.overlay)
+        try:
+            draw_overlay(img, info).save(args.overlay)
+        except (OSError, ValueError) as e:  # a missing folder, or an extension PIL has no writer for
+            print(f"error: --overlay {args.overlay}: {e}", file=sys.stderr)
+            return 2
     return 0
 
 

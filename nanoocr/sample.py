@@ -6,27 +6,34 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 
 MAX_NEW_TOKENS = 32768
 
 
-def pdf_page_png(pdf: Path, page: int, dpi: int = 144) -> bytes:
-    """Rasterize one page with poppler's pdftoppm at 144 dpi, as the training pages were."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "page"
+def load_image(path: Path, page: int):
+    """The RGB image to transcribe, or ImageError naming the file and the reason. Nothing is read before the
+    file is known to be a regular file (a FIFO would block, /dev/zero never ends) and, for images, of at most
+    MAX_IMAGE_BYTES; a PDF may be larger (a scanned book) and is read by pdftoppm, under pdf.py's timeout."""
+    from nanoocr.images import ImageError, open_image, read_image_file
+    from nanoocr.pdf import PopplerError, render_page
+    if path.suffix.lower() != ".pdf":
+        data = read_image_file(path)  # its errors name the path
+    elif not path.is_file():
+        raise ImageError(f"no such file, or not a regular file: {path}")
+    else:
         try:
-            subprocess.run(["pdftoppm", "-r", str(dpi), "-png", "-singlefile", "-f", str(page), "-l", str(page),
-                            str(pdf), str(out)], check=True, capture_output=True)
+            data = render_page(path, page)  # 144 dpi, as the training pages were rendered
+        except PopplerError as e:
+            raise ImageError(f"{path} page {page}: {e}") from None
         except FileNotFoundError:
-            raise SystemExit("error: pdftoppm not found; install poppler-utils (apt-get install poppler-utils)")
-        except subprocess.CalledProcessError as e:
-            raise SystemExit(f"error: pdftoppm failed on {pdf} page {page}: {e.stderr.decode(errors='replace')}")
-        return (out.with_suffix(".png")).read_bytes()
+            raise ImageError("pdftoppm not found; install poppler-utils (apt-get install poppler-utils)") from None
+    try:
+        return open_image(data)
+    except ImageError as e:
+        raise ImageError(f"{path}: {e}") from None
 
 
 def main(argv=None) -> int:
@@ -38,7 +45,7 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt", help="user prompt containing <image> (default: the training prompt)")
     ap.add_argument("--max-new-tokens", type=int, default=1024)
     args = ap.parse_args(argv)
-    from nanoocr.images import MODES
+    from nanoocr.images import MODES, ImageError
     if args.page < 1:
         ap.error(f"--page must be >= 1 (pages are numbered from 1), got {args.page}")
     if args.mode is not None and args.mode not in MODES:
@@ -48,26 +55,29 @@ def main(argv=None) -> int:
     if not 1 <= args.max_new_tokens <= MAX_NEW_TOKENS:
         ap.error(f"--max-new-tokens must be in 1..{MAX_NEW_TOKENS}, got {args.max_new_tokens}")
 
-    from nanoocr.export import load_model
-    from nanoocr.images import ImageError, open_image
-    from nanoocr.transcribe import transcribe
-
+    # The image before the model (and before torch is imported): a bad file is reported at once.
     path = Path(args.image)
-    if not path.is_file():
-        print(f"error: no such file: {path}", file=sys.stderr)
-        return 2
-    src = pdf_page_png(path, args.page) if path.suffix.lower() == ".pdf" else path
     try:
-        image = open_image(src)
+        image = load_image(path, args.page)
     except ImageError as e:
-        print(f"error: {path}: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    model, tokenizer, meta = load_model(args.model)
+
+    from nanoocr.engine import PromptTooLong
+    from nanoocr.transcribe import ExportError, load_export, transcribe
     try:
-        text = transcribe(model, tokenizer, [image], prompt=args.prompt or meta.get("prompt", "<image>\nFree OCR."),
-                          mode=args.mode or meta.get("mode", "base"), max_new_tokens=args.max_new_tokens)[0]
+        model, tokenizer, meta = load_export(args.model)
+    except ExportError as e:
+        print(f"error: --model {e}", file=sys.stderr)
+        return 2
+    try:
+        text = transcribe(model, tokenizer, [image], prompt=args.prompt or meta["prompt"],
+                          mode=args.mode or meta["mode"], max_new_tokens=args.max_new_tokens)[0]
     except ImageError as e:  # e.g. an aspect ratio no view of this mode can hold
         print(f"error: {path}: {e}", file=sys.stderr)
+        return 2
+    except PromptTooLong as e:  # a Gundam image with many crops, or too many new tokens for this model
+        print(f"error: {path}: {e} (lower --max-new-tokens, or use a mode with fewer image tokens)", file=sys.stderr)
         return 2
     print(text)
     return 0

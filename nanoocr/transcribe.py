@@ -6,16 +6,56 @@ default) rendered for completion, with the single <|image|> expanded to the imag
 """
 from __future__ import annotations
 
+import os
+import stat
+from pathlib import Path
+
 import torch
 from PIL import Image
 
 from nanoocr.distributed import full_params, unwrap
 from nanoocr.engine import Engine
-from nanoocr.images import image_views, open_image
+from nanoocr.images import MODES, image_views, open_image
 from nanoocr.metrics import score, summarize
 from nanoocr.processing import expand_image
 
 DEFAULT_PROMPT = "<image>\nFree OCR."
+
+
+class ExportError(ValueError):
+    """A --model folder that cannot be used; the message names the folder and the reason."""
+
+
+# Which export file a library's error (which names none) is about.
+_FILE_OF_ERROR = {"JSONDecodeError": "config.json is not JSON", "SafetensorError": "model.safetensors is unreadable"}
+
+
+def load_export(directory: str | Path, device: str = "cpu"):
+    """`export.load_model` for the CLIs: → (model, tokenizer, meta with a valid 'mode' and 'prompt'), or
+    ExportError. An export may come from anywhere, so every way it can be unusable (missing, a symlink loop,
+    config.json not JSON or not matching the weights, a refused pickle, a broken tokenizer file...) is one
+    error naming it, never a traceback; load_model itself allocates nothing before the config is checked."""
+    from nanoocr.export import load_model
+    directory = Path(directory)
+    try:
+        # os.stat, not is_dir(): is_dir() answers False for a symlink loop or a permission problem alike.
+        if not stat.S_ISDIR(os.stat(directory).st_mode):
+            raise ExportError(f"{directory}: not a folder (an export is the folder nanoocr.export wrote)")
+        model, tokenizer, meta = load_model(directory, device=device)
+    except ExportError:
+        raise
+    except Exception as e:  # OSError, ValueError, KeyError, TypeError, SafetensorError, tokenizers' Exception...
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)  # not "[Errno 40] ...: 'dir'"
+        if str(directory) not in reason:  # load_model's own messages name the file; the libraries' do not
+            reason = f"{directory}: {_FILE_OF_ERROR.get(type(e).__name__, 'not a usable export')}: {reason}"
+        raise ExportError(reason) from None
+    # meta comes from the same untrusted config.json: a bad mode or prompt would trip an assert mid-generation.
+    meta = {**meta, "mode": meta.get("mode", "base"), "prompt": meta.get("prompt", DEFAULT_PROMPT)}
+    if not (isinstance(meta["mode"], str) and meta["mode"] in MODES):
+        raise ExportError(f"{directory}/config.json: mode {meta['mode']!r} is not one of {sorted(MODES)}")
+    if not (isinstance(meta["prompt"], str) and meta["prompt"].count("<image>") == 1):
+        raise ExportError(f"{directory}/config.json: prompt {meta['prompt']!r} must hold <image> exactly once")
+    return model, tokenizer, meta
 
 
 def build_prompt(tokenizer, image: Image.Image, prompt: str, mode: str, min_crops: int = 2, max_crops: int = 6):

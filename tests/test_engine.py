@@ -142,3 +142,14 @@ def test_top_k_sampling_seeded_and_restricted():
     # without top-k, a high temperature reaches the other tokens too
     wide = engine.generate([[1]], max_new_tokens=60, temperature=5.0, seed=0, no_repeat_ngram=0)[0]
     assert set(wide) - {5, 6, 7}
+
+
+def test_prompt_plus_new_tokens_beyond_the_rotary_table_is_a_clear_error():
+    """A prompt (or --max-new-tokens) the model cannot hold is an input problem: PromptTooLong (a ValueError the
+    CLIs report and evaluate skips), raised before any compute, not an AssertionError."""
+    from nanoocr.engine import PromptTooLong
+    engine = Engine(constant_model())  # sequence_len 64: a rotary table of 640 positions
+    assert engine.generate([[1] * 600], max_new_tokens=40, no_repeat_ngram=0)[0] == [5] * 40  # 640 fit exactly
+    with pytest.raises(PromptTooLong, match="prompt of 600 tokens \\+ 41 new tokens > the model's 640 positions"):
+        engine.generate([[1] * 600, [2]], max_new_tokens=41)
+    assert issubclass(PromptTooLong, ValueError)

@@ -112,3 +112,104 @@ def test_usage_errors(setup, tmp_path):
     assert proc.returncode == 2 and "expected an MDS folder" in proc.stderr
     proc = run_eval(setup, setup / "mds", tmp_path / "out", "--mode", "huge")
     assert proc.returncode == 2 and "--mode 'huge'" in proc.stderr
+
+
+def usage_error(capsys, root: Path, data, out, *extra) -> str:
+    """Run evaluate in-process and return its stderr; it must stop with a usage error (exit 2)."""
+    from nanoocr.evaluate import main
+    with pytest.raises(SystemExit) as exc:
+        main(["--model", str(root / "export"), "--data", str(data), "--out", str(out), "--max-new-tokens", "2",
+              "--device", "cpu", *extra])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2, err
+    assert "Traceback" not in err and "batch/s" not in err, "refused only after generating"  # the tqdm bar
+    return err
+
+
+def test_out_is_checked_before_the_model_is_loaded(setup, tmp_path, capsys):
+    """An unusable --out is a usage error up front, not a crash after hours of generation; evaluate never writes
+    into an MDS folder (a conversion's summary.json is next to its index.json) nor over a foreign summary.json."""
+    mds = setup / "mds"
+    before = {p.name: p.read_bytes() for p in mds.iterdir()}
+    assert "summary.json" in before and "index.json" in before
+    assert "holds an MDS dataset (index.json)" in usage_error(capsys, setup, mds, mds, "--limit", "1")
+    assert {p.name: p.read_bytes() for p in mds.iterdir()} == before, "the conversion's files must be untouched"
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "summary.json").write_text('{"read": 3}')
+    (other / "notes.txt").write_text("mine")
+    assert "summary.json that evaluate did not write" in usage_error(capsys, setup, mds, other, "--limit", "1")
+    assert (other / "summary.json").read_text() == '{"read": 3}'
+
+    (tmp_path / "file").write_text("x")
+    assert "not a folder" in usage_error(capsys, setup, mds, tmp_path / "file", "--limit", "1")
+    assert "cannot create" in usage_error(capsys, setup, mds, tmp_path / "file" / "out", "--limit", "1")
+    # checked before the model: a bad --out is reported even when --model would fail too
+    from nanoocr.evaluate import main
+    with pytest.raises(SystemExit):
+        main(["--model", str(tmp_path / "no-model"), "--data", str(mds), "--out", str(tmp_path / "file")])
+    assert "--out" in capsys.readouterr().err
+
+
+def test_out_accepts_a_previous_evaluation(tmp_path):
+    from nanoocr.evaluate import OUTPUTS, check_out
+    for name in OUTPUTS:
+        (tmp_path / name).write_text("{}")
+    check_out(tmp_path)  # evaluate's own file set: a rerun replaces it
+    check_out(tmp_path / "new" / "deeper")  # created
+    assert (tmp_path / "new" / "deeper").is_dir()
+
+
+def test_max_new_tokens_beyond_the_model_is_a_usage_error(setup, tmp_path, capsys):
+    err = usage_error(capsys, setup, setup / "mds", tmp_path / "out", "--limit", "1", "--max-new-tokens", "100000")
+    assert "--max-new-tokens 100000" in err and "2560 positions" in err, err
+
+
+def test_bad_inputs_are_skipped_and_the_rest_evaluated(setup, tmp_path):
+    """Each bad record lands in skipped.jsonl with its reason, found before reading (a sparse file over
+    MAX_IMAGE_BYTES) or at generation (a prompt longer than the model holds, in a batch with good records)."""
+    import io
+    import os
+
+    from PIL import Image
+
+    from nanoocr.data import read_records
+    from nanoocr.images import MAX_IMAGE_BYTES
+    recs = read_records(local=setup / "mds", limit=2)
+    data = tmp_path / "data"
+    (data / "img").mkdir(parents=True)
+    buf = io.BytesIO()
+    Image.new("RGB", (300, 1), "white").save(buf, format="PNG")
+    files = {"good0": recs[0]["image"], "good1": recs[1]["image"], "thin": buf.getvalue(),
+             "trunc": recs[0]["image"][:200], "garbage": b"GIF89a but not really"}
+    for name, blob in files.items():
+        (data / "img" / f"{name}.png").write_bytes(blob)
+    with open(data / "img" / "sparse.png", "wb") as f:
+        f.truncate(MAX_IMAGE_BYTES + 1)  # sparse: costs nothing on disk, must cost nothing to refuse
+    ocr = recs[0]["messages"]
+    long_prompt = [{"role": "user", "content": "<image>\n" + "x" * 3000}, ocr[1]]  # > 2560 positions
+    lines = [
+        {"id": "good0", "image": "img/good0.png", "messages": recs[0]["messages"]},
+        {"id": "long", "image": "img/good0.png", "messages": long_prompt},
+        {"id": "sparse", "image": "img/sparse.png", "messages": ocr},
+        {"id": "thin", "image": "img/thin.png", "messages": ocr},
+        {"id": "trunc", "image": "img/trunc.png", "messages": ocr},
+        {"id": "garbage", "image": "img/garbage.png", "messages": ocr},
+        {"id": "text-only", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+        {"id": "good1", "image": "img/good1.png", "messages": recs[1]["messages"]},
+    ]
+    (data / "eval.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    proc = run_eval(setup, data / "eval.jsonl", tmp_path / "out", "--mode", "tiny")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    summary, rows = check_outputs(tmp_path / "out", 2)
+    assert [r["id"] for r in rows] == ["good0", "good1"]
+    skipped = {s["id"]: s["reason"] for s in map(json.loads, (tmp_path / "out" / "skipped.jsonl").read_text().splitlines())}
+    assert summary["skipped"] == len(skipped) == 6 and summary["read"] == 8
+    assert f"file too large: {MAX_IMAGE_BYTES + 1} bytes" in skipped["sparse"]
+    assert "aspect ratio 300x1" in skipped["thin"]
+    assert "truncated" in skipped["trunc"]
+    assert "cannot decode" in skipped["garbage"] or "not an image" in skipped["garbage"]
+    assert "no image" in skipped["text-only"]
+    assert "positions" in skipped["long"], skipped["long"]
+    assert os.path.getsize(data / "img" / "sparse.png") == MAX_IMAGE_BYTES + 1
