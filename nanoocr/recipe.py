@@ -203,20 +203,31 @@ def _streams(dataset: dict) -> list[tuple[str, dict]]:
 
 def load_config(yaml_path: str, overrides: list[str]) -> dict:
     """YAML + `key=value` overrides → a plain, resolved, validated dict."""
+    import yaml
+    from omegaconf import DictConfig
+    from omegaconf.errors import OmegaConfBaseException
     if not Path(yaml_path).is_file():
         raise ConfigError(f"config file not found: {yaml_path}")
-    base = om.load(yaml_path)  # YAML safe-loaded by OmegaConf
+    try:
+        base = om.load(yaml_path)  # YAML safe-loaded by OmegaConf: a python/object tag is an error, never run
+    except (yaml.YAMLError, OmegaConfBaseException, UnicodeDecodeError) as e:
+        raise ConfigError(f"{yaml_path} is not a valid YAML config: {' '.join(str(e).split())}") from None
+    if not isinstance(base, DictConfig):
+        raise ConfigError(f"{yaml_path}: the top level must be a mapping of keys, not a list")
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not key=value")
     # Applied one by one, in order. A dict or list value replaces its node wholesale: om.merge is deep,
     # so `scheduler={name: step, ...}` would otherwise keep the YAML's old scheduler kwargs.
     merged = base
-    for item in overrides:
-        key = item.split("=", 1)[0]
-        value = om.select(om.from_dotlist([item]), key)
-        om.update(merged, key, value, merge=False)
-    cfg = om.to_container(merged, resolve=True)
+    try:
+        for item in overrides:
+            key = item.split("=", 1)[0]
+            value = om.select(om.from_dotlist([item]), key)
+            om.update(merged, key, value, merge=False)
+        cfg = om.to_container(merged, resolve=True)
+    except (yaml.YAMLError, OmegaConfBaseException) as e:  # a bad override value, a broken ${interpolation}
+        raise ConfigError(f"{' '.join(str(e).split())}") from None
     cfg.pop("variables", None)
     validate(cfg)
     return cfg
@@ -318,8 +329,9 @@ def _sample_log(ctx):
 CALLBACKS = {"sample_log": _sample_log, "speed_monitor": _speed_monitor, "lr_monitor": _lr_monitor,
              "vision_collapse": _vision_collapse, "generation_eval": _generation_eval, "loss_curve": _loss_curve,
              "nonfinite_guard": _nonfinite_guard, "skipped_samples": _skipped_samples}
-# On in every run unless the YAML configures it (e.g. `skipped_samples: {max_fraction: 1.0}` to allow anything).
-DEFAULT_CALLBACKS = {"skipped_samples": {}}
+# On in every run, also with `callbacks: {}`; a YAML entry of the same name sets their arguments
+# (e.g. `skipped_samples: {max_fraction: 1.0}` to train whatever the share of rejected samples).
+DEFAULT_CALLBACKS = {"skipped_samples": {}, "nonfinite_guard": {}}
 
 
 def _jsonl(ctx, filename="metrics.jsonl"):
@@ -511,6 +523,10 @@ def build_trainer(cfg: dict):
         om.save(om.create(cfg), Path(run_folder) / "config.yaml")
 
     build_data(cfg.get("build_data"))
+    from nanoocr.data import build_streams
+    for name in ("train_loader", "eval_loader"):  # each stream's data exists, before anything reads it
+        if cfg.get(name):
+            build_streams(cfg[name]["dataset"]["streams"])
     train_streams = [s for _, s in _streams(cfg["train_loader"]["dataset"])]
     tokenizer = build_tokenizer(cfg.get("tokenizer") or {}, run_folder, train_streams)
     model = build_model(cfg["model"], tokenizer)
@@ -647,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
     from nanoocr.data import DataError
     try:
         train(cfg)
-    except (CheckpointError, DataError, ConfigError) as e:  # the user's input, not a crash: no traceback
+    except (CheckpointError, DataError, ConfigError, FileNotFoundError) as e:  # the user's input: no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     except RunStopped as e:  # a guard stopped training (non-finite loss or weights, rejected data)
