@@ -38,11 +38,11 @@ def _safe_globals() -> list:
             np.dtype, np.dtypes.UInt32DType, np.dtypes.Int64DType, np.dtypes.Float64DType]
 
 
-def torch_load_safe(source, map_location="cpu", what=None):
+def torch_load_safe(source, map_location="cpu", what=None, mmap=None):
     """torch.load(weights_only=True) with the Composer allow-list; a pickle needing more is refused."""
     with torch.serialization.safe_globals(_safe_globals()):
         try:
-            return torch.load(source, map_location=map_location, weights_only=True)
+            return torch.load(source, map_location=map_location, weights_only=True, mmap=mmap)
         except pickle.UnpicklingError as e:
             # torch's message is long; its "... unsupported GLOBAL posix.system ..." line is the one that says why
             lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from nanoocr.checkpoint import torch_load_safe
 from nanoocr.gpt import GPT, GPTConfig
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ def nanochat_gpt_fields(checkpoint_dir, step=None):
     """The GPTConfig fields (but vocab_size) a model must have to take this checkpoint's weights: what a
     recipe's `model.gpt` needs for load_nanochat_into. Reads the tensor names only (mmap)."""
     step, meta, model_path = _read_checkpoint(checkpoint_dir, step)
-    keys = [k.removeprefix("_orig_mod.") for k in torch.load(model_path, map_location="cpu", weights_only=True, mmap=True)]
+    keys = [k.removeprefix("_orig_mod.") for k in torch_load_safe(model_path, mmap=True)]
     config = gpt_config_from_meta(meta, dict.fromkeys(keys))
     return {name: getattr(config, name) for name in ("sequence_len", *ARCH_FIELDS)}
 
@@ -138,7 +139,7 @@ def load_nanochat_with_report(checkpoint_dir, step=None, **config_overrides):
 
     config_overrides: GPTConfig fields, e.g. attn_impl="triton", or a generation's derived field."""
     step, meta, model_path = _read_checkpoint(checkpoint_dir, step)
-    state_dict = torch.load(model_path, map_location="cpu", weights_only=True)
+    state_dict = torch_load_safe(model_path)
     state_dict = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}
     config = gpt_config_from_meta(meta, state_dict, **config_overrides)
     model = GPT(config)

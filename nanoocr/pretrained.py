@@ -50,7 +50,8 @@ class LoadReport:
 # Reading checkpoints
 
 def _torch_file(path: Path) -> dict[str, torch.Tensor]:
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    from nanoocr.checkpoint import torch_load_safe  # weights only; a pickle with code is refused by name
+    sd = torch_load_safe(path)
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ValueError(f"{path}: expected a flat dict of tensors (a state dict)")
     return sd

@@ -110,3 +110,33 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous_intact_one(mds, 
         p.write_bytes(b"PK\x03\x04 cut")
     with pytest.raises(CheckpointError, match="latest-rank0.pt points at .*truncated.*no intact"):
         build_trainer(load_config("yamls/stage1.yaml", shrink(run, mds / "vision", extra=over + ["max_duration=4ba"])))
+
+
+def test_pretrained_weight_files_with_a_payload_are_refused(tmp_path):
+    """HF SAM/CLIP `.bin`/`.pt` files and nanochat's `model_<step>.pt` are read weights-only: refused by name."""
+    from nanoocr.nanochat import load_nanochat_with_report
+    from nanoocr.pretrained import read_checkpoint
+    marker = tmp_path / "pwned"
+    torch.save({"w": torch.zeros(2), "evil": Payload(marker)}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="pytorch_model.bin: refusing to load"):
+        read_checkpoint(tmp_path)
+    nano = tmp_path / "nanochat"
+    nano.mkdir()
+    torch.save({"evil": Payload(marker)}, nano / "model_000001.pt")
+    (nano / "meta_000001.json").write_text('{"model_config": {"sequence_len": 8, "vocab_size": 8, "n_layer": 1, '
+                                           '"n_head": 1, "n_kv_head": 1, "n_embd": 8}}')
+    with pytest.raises(CheckpointError, match="model_000001.pt: refusing to load"):
+        load_nanochat_with_report(nano)
+    assert not marker.exists()
+
+
+def test_no_trust_remote_code_and_no_unsafe_torch_load_in_the_package():
+    """The package never asks for remote code and never calls torch.load without weights_only=True."""
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    for path in [*root.glob("nanoocr/**/*.py"), *root.glob("recipes/**/*.py"), *root.glob("kernels/**/*.py")]:
+        text = path.read_text()
+        assert not re.search(r"trust_remote_code\s*=\s*True", text), path
+        for call in re.finditer(r"torch\.load\((.*?)\)\n", text, re.S):
+            assert "weights_only=True" in call.group(1), (path, call.group(0)[:200])
