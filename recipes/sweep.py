@@ -225,7 +225,7 @@ def plot(path: Path, rows: list[dict], grid_keys: list[str], metric: str | None)
 def validate_runs(base: str, runs: list[dict]) -> None:
     """Every run's config through the recipe's loader + validation (unknown keys, bad values) up front."""
     sys.path.insert(0, str(TRAIN.parent.parent))
-    from nanoocr.recipe import ConfigError, load_config
+    from nanoocr.train.recipe import ConfigError, load_config
     for run in runs:
         try:
             load_config(base, run["overrides"])

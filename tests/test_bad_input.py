@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from nanoocr.records import RecordError, validate_record
+from nanoocr.data.records import RecordError, validate_record
 
 PROMPT = "<image>\nFree OCR."
 
@@ -176,7 +176,7 @@ def test_validate_record_keeps_bytes_and_downscales_only_when_asked():
 def test_jsonl_lines_too_deep_or_too_long_are_rejected_and_the_rest_converts(tmp_path, monkeypatch):
     """A line nested ~1000 levels used to raise RecursionError out of json.loads (~500 out of the pickling
     to --workers processes) and kill the conversion; a line longer than MAX_LINE_BYTES used to be read whole."""
-    from nanoocr import convert_to_mds
+    from nanoocr.data import convert as convert_to_mds
     monkeypatch.setattr(convert_to_mds, "MAX_LINE_BYTES", 20_000)  # stands in for 64 MiB
     good = [json.dumps(conv(f"answer {i}", None, f"g{i}", user="Question?")).encode() for i in range(3)]
     lines = [good[0],
@@ -199,7 +199,7 @@ def test_jsonl_lines_too_deep_or_too_long_are_rejected_and_the_rest_converts(tmp
 
 
 def test_text_length_is_bounded():
-    from nanoocr.records import MAX_RECORD_CHARS, MAX_TEXT_CHARS
+    from nanoocr.data.records import MAX_RECORD_CHARS, MAX_TEXT_CHARS
     with pytest.raises(RecordError, match=rf"message 1 .*{MAX_TEXT_CHARS + 1} characters > limit {MAX_TEXT_CHARS}"):
         validate_record(conv("x" * (MAX_TEXT_CHARS + 1), None, user="hi"))
     assert validate_record(conv("x" * MAX_TEXT_CHARS, None, user="hi"))  # the limit itself is fine
@@ -212,7 +212,7 @@ def test_text_length_is_bounded():
 def test_huge_image_file_is_refused_before_it_is_read(tmp_path, monkeypatch):
     """A sparse file just over MAX_IMAGE_BYTES: rejected by its size (stat), never read into memory (it was
     read whole first: a 1 GiB file cost 1.7 GB of memory per worker)."""
-    from nanoocr.images import MAX_IMAGE_BYTES
+    from nanoocr.data.images import MAX_IMAGE_BYTES
     with open(tmp_path / "huge.png", "wb") as f:
         f.truncate(MAX_IMAGE_BYTES + 1)
 
@@ -221,7 +221,7 @@ def test_huge_image_file_is_refused_before_it_is_read(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "read_bytes", no_reading)
     with pytest.raises(RecordError, match=f"{MAX_IMAGE_BYTES + 1} bytes > limit {MAX_IMAGE_BYTES}"):
         validate_record(conv("x", "huge.png"), tmp_path)
-    import nanoocr.records
-    monkeypatch.setattr(nanoocr.records, "MAX_IMAGE_BYTES", 100)  # bytes handed over in memory: bounded alike
+    import nanoocr.data.records
+    monkeypatch.setattr(nanoocr.data.records, "MAX_IMAGE_BYTES", 100)  # bytes handed over in memory: bounded alike
     with pytest.raises(RecordError, match="101 bytes > limit 100"):
         validate_record(conv("x", b"\x89PNG" + bytes(97)))

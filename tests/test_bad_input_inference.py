@@ -33,11 +33,11 @@ class Payload:
 def corpus(tmp_path_factory) -> Path:
     import torch
 
-    from nanoocr import presets
-    from nanoocr.export import export_model
-    from nanoocr.images import MAX_IMAGE_BYTES
-    from nanoocr.tokenizer import Tokenizer
-    from nanoocr.vlm import NanoOCR
+    from nanoocr.model import presets
+    from nanoocr.train.export import export_model
+    from nanoocr.data.images import MAX_IMAGE_BYTES
+    from nanoocr.data.tokenizer import Tokenizer
+    from nanoocr.model.vlm import NanoOCR
     root = tmp_path_factory.mktemp("bad_inference")
     tok = Tokenizer.train_from_iterator(["Free OCR. hello world"] * 4, vocab_size=300)
     torch.manual_seed(0)

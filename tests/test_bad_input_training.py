@@ -81,7 +81,7 @@ def test_bad_training_inputs_end_with_a_named_cause(mds, tmp_path, capsys):  # n
     # In a subprocess: the tries that could hang or run a payload. The rest fail before training starts and
     # run in this process (each subprocess costs ~10 s of starting Python, torch and Composer).
     isolated = {"batch_larger_than_data", "every_sample_rejected", "lr_inf", "load_path_payload", "yaml_python_tag"}
-    from nanoocr.recipe import main
+    from nanoocr.train.recipe import main
     results = {}
     for name, (yaml_path, extra, code, words) in tries.items():
         argv = [str(yaml_path), *shrink(tmp_path / name, vision, extra=["max_duration=3ba", *extra])]

@@ -8,8 +8,8 @@ import pickle
 import pytest
 import torch
 
-from nanoocr.checkpoint import CheckpointError, load_composer_state, torch_load_safe
-from nanoocr.recipe import build_trainer, load_config
+from nanoocr.model.checkpoint import CheckpointError, load_composer_state, torch_load_safe
+from nanoocr.train.recipe import build_trainer, load_config
 from test_recipe import mds, shrink  # noqa: F401  (the shared fixture and overrides)
 
 
@@ -61,7 +61,7 @@ def test_sharded_entry_payload_is_refused(tmp_path):
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
-    from nanoocr.checkpoint import guard_composer_loading
+    from nanoocr.model.checkpoint import guard_composer_loading
     dcp.save({"rng": {"x": Payload(tmp_path / "pwned")}, "w": torch.ones(2)},
              storage_writer=dcp.FileSystemWriter(str(tmp_path / "ck")), no_dist=True)
     guard_composer_loading()
@@ -114,8 +114,8 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous_intact_one(mds, 
 
 def test_pretrained_weight_files_with_a_payload_are_refused(tmp_path):
     """HF SAM/CLIP `.bin`/`.pt` files and nanochat's `model_<step>.pt` are read weights-only: refused by name."""
-    from nanoocr.nanochat import load_nanochat_with_report
-    from nanoocr.pretrained import read_checkpoint
+    from nanoocr.model.nanochat import load_nanochat_with_report
+    from nanoocr.model.pretrained import read_checkpoint
     marker = tmp_path / "pwned"
     torch.save({"w": torch.zeros(2), "evil": Payload(marker)}, tmp_path / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="pytorch_model.bin: refusing to load"):

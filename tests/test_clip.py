@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanoocr.clip import CLIPConfig, CLIPEncoder, resize_positions
-from nanoocr.pretrained import load_hf_clip
-from nanoocr.sam import SAMConfig, SAMEncoder
+from nanoocr.model.clip import CLIPConfig, CLIPEncoder, resize_positions
+from nanoocr.model.pretrained import load_hf_clip
+from nanoocr.model.sam import SAMConfig, SAMEncoder
 
 transformers = pytest.importorskip("transformers")
 from transformers import CLIPVisionConfig, CLIPVisionModel  # noqa: E402

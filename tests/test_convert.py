@@ -1,4 +1,4 @@
-"""convert_to_mds with pdf:, synthetic: and task: inputs; nanoocr.pdf on generated and real PDFs; usage errors."""
+"""convert_to_mds with pdf:, synthetic: and task: inputs; nanoocr.data.pdf on generated and real PDFs; usage errors."""
 import io
 import json
 import subprocess
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from nanoocr import convert_to_mds
-from nanoocr.pdf import page_count, page_record, pdf_pages
+from nanoocr.data import convert as convert_to_mds
+from nanoocr.data.pdf import page_count, page_record, pdf_pages
 
 REAL_PDF = Path("/usr/share/doc/shared-mime-info/shared-mime-info-spec.pdf")
 
@@ -128,7 +128,7 @@ def test_unusable_out_exit_2(tmp_path, capsys):
 
 
 def test_workers_keep_order_and_limit(tmp_path):
-    from nanoocr.synthetic import GENERATORS
+    from nanoocr.data.synthetic import GENERATORS
 
     outs = []
     for workers in (1, 2):
@@ -166,7 +166,7 @@ def test_every_record_rejected_exits_1_with_the_most_common_reason(tmp_path, cap
 @pytest.mark.parametrize("spec", ["hf:allenai/olmOCR-mix-1025", "hf:allenai/olmOCR-mix-1025:01_books:eval",
                                   "task:OlmOCR:allenai/olmOCR-mix-1025"])
 def test_olmocr_from_a_hub_id_says_what_to_pass_before_reading(tmp_path, spec, capsys, monkeypatch):
-    import nanoocr.tasks.common as common
+    import nanoocr.data.tasks.common as common
 
     def no_reading(*args, **kwargs):
         raise AssertionError("the table was read before the missing PDFs were reported")
@@ -189,7 +189,7 @@ def test_olmocr_hub_id_with_pdf_root_converts(tmp_path, monkeypatch):
 
     import datasets
 
-    import nanoocr.tasks.common as common
+    import nanoocr.data.tasks.common as common
     make_pdf(tmp_path / "page.pdf", ["olmOCR page"])
     pdf = (tmp_path / "page.pdf").read_bytes()
     (tmp_path / "repo" / "pdf_tarballs").mkdir(parents=True)

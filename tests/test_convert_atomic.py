@@ -12,7 +12,7 @@ import pytest
 from streaming import MDSWriter
 
 from conftest import BUCKET  # the moto S3 fixture `s3` lives in conftest.py
-from nanoocr import convert_to_mds
+from nanoocr.data import convert as convert_to_mds
 
 ROOT = Path(__file__).resolve().parents[1]
 N_GOOD = 8
@@ -73,7 +73,7 @@ def test_killed_conversion_is_detected_and_rebuilt_by_the_next_run(tmp_path, cap
     data, out = make_jsonl(tmp_path / "data.jsonl"), tmp_path / "out"
     args = ["--input", str(data), "--out", str(out), "--compression", "none"]
     script = ("import os, signal, sys\n"
-              "import nanoocr.convert_to_mds as c\n"
+              "import nanoocr.data.convert as c\n"
               "real, n = c.validate_record, [0]\n"
               "def killing(*a, **k):\n"
               "    n[0] += 1\n"

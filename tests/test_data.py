@@ -20,10 +20,10 @@ import torch
 from PIL import Image, ImageDraw
 from streaming import MDSWriter
 
-from nanoocr.data import (DataError, build_dataloader, build_streams, collate, data_spec, get_num_samples_in_batch,
+from nanoocr.data.stream import (DataError, build_dataloader, build_streams, collate, data_spec, get_num_samples_in_batch,
                           get_num_tokens_in_batch, split_batch)
-from nanoocr.processing import process_sample
-from nanoocr.tokenizer import Tokenizer
+from nanoocr.data.processing import process_sample
+from nanoocr.data.tokenizer import Tokenizer
 
 COLUMNS = {"id": "str", "source": "str", "messages": "json", "image": "bytes"}
 REPO = Path(__file__).resolve().parents[1]
@@ -150,8 +150,8 @@ def test_resume_mid_epoch_yields_exactly_the_rest(mixture, tok, num_workers):
 # ids it sees; Streaming initialises gloo itself from these environment variables.
 RANK_SCRIPT = r"""
 import json, sys
-from nanoocr.data import build_dataloader
-from nanoocr.tokenizer import Tokenizer
+from nanoocr.data.stream import build_dataloader
+from nanoocr.data.tokenizer import Tokenizer
 cfg, tok_dir, out = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
 loader = build_dataloader(cfg, Tokenizer.from_file(tok_dir), 4)
 ids = [i for batch in loader for i in batch["sample_ids"]]
@@ -277,7 +277,7 @@ def test_rejected_samples_are_counted_and_reported(tmp_path, tok, caplog, num_wo
     cfg = {"dataset": {"streams": {"all": {"local": local}}, "mode": "tiny", "max_seq_len": 96, "overflow": "drop",
                        "shuffle": False}, "num_workers": num_workers, "drop_last": False}
     loader = build_dataloader(cfg, tok, 4)
-    with caplog.at_level(logging.WARNING, logger="nanoocr.data"):
+    with caplog.at_level(logging.WARNING, logger="nanoocr.data.stream"):
         batches = list(loader)
 
     assert sum(get_num_samples_in_batch(b) for b in batches) == 12  # nothing vanished, the loader did not stop

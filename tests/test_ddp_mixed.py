@@ -7,8 +7,8 @@ import socket
 import torch
 import torch.multiprocessing as mp
 
-from nanoocr import presets
-from nanoocr.vlm import NanoOCR
+from nanoocr.model import presets
+from nanoocr.model.vlm import NanoOCR
 
 
 def model(seed=0):

@@ -4,12 +4,12 @@ import math
 import pytest
 import torch
 
-from nanoocr.clip import CLIPConfig
-from nanoocr.engine import Engine, banned_ngram_tokens
-from nanoocr.gpt import GPT, GPTConfig
-from nanoocr.presets import build_config
-from nanoocr.sam import SAMConfig
-from nanoocr.vlm import NanoOCR, VLMConfig
+from nanoocr.model.clip import CLIPConfig
+from nanoocr.model.engine import Engine, banned_ngram_tokens
+from nanoocr.model.gpt import GPT, GPTConfig
+from nanoocr.model.presets import build_config
+from nanoocr.model.sam import SAMConfig
+from nanoocr.model.vlm import NanoOCR, VLMConfig
 
 
 def liven(model, scale=3.0):
@@ -147,7 +147,7 @@ def test_top_k_sampling_seeded_and_restricted():
 def test_prompt_plus_new_tokens_beyond_the_rotary_table_is_a_clear_error():
     """A prompt (or --max-new-tokens) the model cannot hold is an input problem: PromptTooLong (a ValueError the
     CLIs report and evaluate skips), raised before any compute, not an AssertionError."""
-    from nanoocr.engine import PromptTooLong
+    from nanoocr.model.engine import PromptTooLong
     engine = Engine(constant_model())  # sequence_len 64: a rotary table of 640 positions
     assert engine.generate([[1] * 600], max_new_tokens=40, no_repeat_ngram=0)[0] == [5] * 40  # 640 fit exactly
     with pytest.raises(PromptTooLong, match="prompt of 600 tokens \\+ 41 new tokens > the model's 640 positions"):

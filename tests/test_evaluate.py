@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nanoocr.metrics import score
+from nanoocr.eval.metrics import score
 
 ROOT = Path(__file__).resolve().parents[1]
 BOUNDED = ["exact_match", "edit_distance", "edit_distance_omnidoc", "fox_precision", "fox_recall", "fox_f1"]
@@ -21,11 +21,11 @@ BOUNDED = ["exact_match", "edit_distance", "edit_distance_omnidoc", "fox_precisi
 def setup(tmp_path_factory):
     import torch
 
-    from nanoocr import presets
-    from nanoocr.convert_to_mds import main as convert
-    from nanoocr.export import export_model
-    from nanoocr.tokenizer import Tokenizer
-    from nanoocr.vlm import NanoOCR
+    from nanoocr.model import presets
+    from nanoocr.data.convert import main as convert
+    from nanoocr.train.export import export_model
+    from nanoocr.data.tokenizer import Tokenizer
+    from nanoocr.model.vlm import NanoOCR
     root = tmp_path_factory.mktemp("eval")
     assert convert(["--input", "synthetic:overfit10:10:0", "--out", str(root / "mds")]) == 0
     tok = Tokenizer.train_from_iterator(["Free OCR. the quick brown fox jumps over the lazy dog"] * 4, vocab_size=300)
@@ -38,7 +38,7 @@ def setup(tmp_path_factory):
 
 def run_eval(root: Path, data, out: Path, *extra) -> subprocess.CompletedProcess:
     # Run as `python -m nanoocr.evaluate` would, then report whether Composer got imported (it must not).
-    probe = "import sys, nanoocr.evaluate as e; rc = e.main(sys.argv[1:]); print('composer' in sys.modules); sys.exit(rc)"
+    probe = "import sys, nanoocr.eval.evaluate as e; rc = e.main(sys.argv[1:]); print('composer' in sys.modules); sys.exit(rc)"
     cmd = [sys.executable, "-c", probe, "--model", str(root / "export"), "--data", str(data),
            "--out", str(out), "--max-new-tokens", "3", "--batch-size", "4", "--device", "cpu", *extra]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -75,7 +75,7 @@ def test_evaluate_mds_folder(setup, tmp_path):
 
 
 def test_evaluate_jsonl_reports_skips(setup, tmp_path):
-    from nanoocr.data import read_records
+    from nanoocr.data.stream import read_records
     recs = read_records(local=setup / "mds", limit=3)
     data = tmp_path / "data"
     (data / "img").mkdir(parents=True)
@@ -116,7 +116,7 @@ def test_usage_errors(setup, tmp_path):
 
 def usage_error(capsys, root: Path, data, out, *extra) -> str:
     """Run evaluate in-process and return its stderr; it must stop with a usage error (exit 2)."""
-    from nanoocr.evaluate import main
+    from nanoocr.eval.evaluate import main
     with pytest.raises(SystemExit) as exc:
         main(["--model", str(root / "export"), "--data", str(data), "--out", str(out), "--max-new-tokens", "2",
               "--device", "cpu", *extra])
@@ -146,14 +146,14 @@ def test_out_is_checked_before_the_model_is_loaded(setup, tmp_path, capsys):
     assert "not a folder" in usage_error(capsys, setup, mds, tmp_path / "file", "--limit", "1")
     assert "cannot create" in usage_error(capsys, setup, mds, tmp_path / "file" / "out", "--limit", "1")
     # checked before the model: a bad --out is reported even when --model would fail too
-    from nanoocr.evaluate import main
+    from nanoocr.eval.evaluate import main
     with pytest.raises(SystemExit):
         main(["--model", str(tmp_path / "no-model"), "--data", str(mds), "--out", str(tmp_path / "file")])
     assert "--out" in capsys.readouterr().err
 
 
 def test_out_accepts_a_previous_evaluation(tmp_path):
-    from nanoocr.evaluate import OUTPUTS, check_out
+    from nanoocr.eval.evaluate import OUTPUTS, check_out
     for name in OUTPUTS:
         (tmp_path / name).write_text("{}")
     check_out(tmp_path)  # evaluate's own file set: a rerun replaces it
@@ -174,8 +174,8 @@ def test_bad_inputs_are_skipped_and_the_rest_evaluated(setup, tmp_path):
 
     from PIL import Image
 
-    from nanoocr.data import read_records
-    from nanoocr.images import MAX_IMAGE_BYTES
+    from nanoocr.data.stream import read_records
+    from nanoocr.data.images import MAX_IMAGE_BYTES
     recs = read_records(local=setup / "mds", limit=2)
     data = tmp_path / "data"
     (data / "img").mkdir(parents=True)

@@ -15,10 +15,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from nanoocr import presets
-from nanoocr.checkpoint import load_composer_state
-from nanoocr.export import export_model, load_model
-from nanoocr.vlm import NanoOCR
+from nanoocr.model import presets
+from nanoocr.model.checkpoint import load_composer_state
+from nanoocr.train.export import export_model, load_model
+from nanoocr.model.vlm import NanoOCR
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(sam={"depth": 2}, gpt={"n_layer": 2, "n_embd": 64, "n_head": 2, "n_kv_head": 2, "sequence_len": 512})
@@ -38,7 +38,7 @@ def tiny_model(vocab_size, image_id, seed=0, gpt=None):
 def nanochat_tokenizer(directory):
     """A nanochat tokenizer.pkl (a pickled tiktoken Encoding, as nanochat saves it), loaded by nanoocr."""
     tiktoken = pytest.importorskip("tiktoken")  # a third-party optional extra, not the project's code
-    from nanoocr.tokenizer import SPECIAL_TOKENS, load_nanochat_tokenizer
+    from nanoocr.data.tokenizer import SPECIAL_TOKENS, load_nanochat_tokenizer
     ranks = {bytes([i]): i for i in range(256)}
     ranks[b"he"], ranks[b"ll"] = 256, 257
     enc = tiktoken.Encoding(name="rustbpe", pat_str=r"""\s+|\S+""", mergeable_ranks=ranks,
@@ -76,7 +76,7 @@ def test_nanochat_tokenizer_export_loads_and_samples(tmp_path):
 @pytest.mark.parametrize("layout", [{}, {"layout": "2026", "window_pattern": "SL", "pad_vocab_size_to": 64}],
                          ids=["d20", "nanochat-2026"])
 def test_bpe_tokenizer_export_round_trip(tmp_path, layout):
-    from nanoocr.tokenizer import Tokenizer
+    from nanoocr.data.tokenizer import Tokenizer
     tok = Tokenizer.train_from_iterator(["Free OCR. hello world"] * 4, vocab_size=300)
     model = tiny_model(tok.vocab_size, tok.image_id, gpt=layout)
     loaded, tok2, _ = load_model(export_model(model, tok, tmp_path / "export"))
@@ -100,7 +100,7 @@ def _write_sharded(rank, world, port, directory, vocab_size, image_id):
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP, ShardingStrategy, StateDictType
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-    from nanoocr import clip, gpt, sam
+    from nanoocr.model import clip, gpt, sam
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
@@ -136,7 +136,7 @@ def test_sharded_checkpoint_exports(tmp_path):
     import socket
 
     import torch.multiprocessing as mp
-    from nanoocr.tokenizer import Tokenizer
+    from nanoocr.data.tokenizer import Tokenizer
     tok = Tokenizer.train_from_iterator(["Free OCR. hello world"] * 4, vocab_size=300)
     ckpts = tmp_path / "run" / "checkpoints"
     with socket.socket() as s:
@@ -187,7 +187,7 @@ def test_sharded_metadata_pickle_payload_is_refused(tmp_path):
 
 
 def _export(tmp_path):
-    from nanoocr.tokenizer import Tokenizer
+    from nanoocr.data.tokenizer import Tokenizer
     tok = Tokenizer.train_from_iterator(["Free OCR. hello world"] * 4, vocab_size=300)
     return export_model(tiny_model(tok.vocab_size, tok.image_id), tok, tmp_path / "export")
 

@@ -1,5 +1,5 @@
 """Sharding NanoOCR with torch FSDP on CPU (2 ranks, gloo): wrap units, a training step with activation
-checkpointing, and generation through the sharded model (nanoocr.distributed.full_params).
+checkpointing, and generation through the sharded model (nanoocr.model.distributed.full_params).
 
 Composer's FSDP path hard-codes CUDA (STACK_NOTES "FSDP on CPU"), so this wraps the model with torch's
 FullyShardedDataParallel exactly as Composer does (its `fsdp_wrap_fn` as the auto-wrap policy,
@@ -17,10 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(**kw):
-    from nanoocr.clip import CLIPConfig
-    from nanoocr.gpt import GPTConfig
-    from nanoocr.sam import SAMConfig
-    from nanoocr.vlm import VLMConfig
+    from nanoocr.model.clip import CLIPConfig
+    from nanoocr.model.gpt import GPTConfig
+    from nanoocr.model.sam import SAMConfig
+    from nanoocr.model.vlm import VLMConfig
     return VLMConfig(
         sam=SAMConfig(embed_dim=32, depth=2, num_heads=1, global_attn_indexes=(1,), neck_dim=32, net2_dim=32,
                       out_chans=32),
@@ -37,9 +37,9 @@ def worker():
     from torch.distributed.fsdp import ShardingStrategy
     from torch.distributed.fsdp.wrap import CustomPolicy
 
-    from nanoocr.distributed import full_params, is_sharded, unwrap
-    from nanoocr.engine import Engine
-    from nanoocr.vlm import WRAP_UNITS, NanoOCR, image_token_count
+    from nanoocr.model.distributed import full_params, is_sharded, unwrap
+    from nanoocr.model.engine import Engine
+    from nanoocr.model.vlm import WRAP_UNITS, NanoOCR, image_token_count
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -148,7 +148,7 @@ def worker():
 
 
 def test_meta_build_then_materialize_matches_a_normal_build():
-    from nanoocr.vlm import NanoOCR
+    from nanoocr.model.vlm import NanoOCR
     cfg = tiny_config(activation_checkpointing=True)
     torch.manual_seed(0)
     normal = NanoOCR(cfg)
@@ -172,7 +172,7 @@ def test_meta_build_then_materialize_matches_a_normal_build():
 
 
 def test_wrap_and_checkpoint_units_without_fsdp():
-    from nanoocr.vlm import WRAP_UNITS, NanoOCR
+    from nanoocr.model.vlm import WRAP_UNITS, NanoOCR
     m = NanoOCR(tiny_config())
     units = [x for x in m.modules() if m.fsdp_wrap_fn(x)]
     assert len(units) == 2 + 2 + 3 and all(isinstance(u, WRAP_UNITS) for u in units)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from nanoocr.gpt import GPT, GPTConfig, KVCache
+from nanoocr.model.gpt import GPT, GPTConfig, KVCache
 
 CFG = dict(sequence_len=64, vocab_size=97, n_layer=2, n_head=4, n_kv_head=4, n_embd=64)
 
@@ -21,7 +21,7 @@ def make_gpt(seed=0, **kw):
     return model.eval()
 
 
-# ---- the reference: nanochat's math written out from its description, not from nanoocr.gpt ----
+# ---- the reference: nanochat's math written out from its description, not from nanoocr.model.gpt ----
 
 def ref_rmsnorm(x):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + torch.finfo(x.dtype).eps)

@@ -10,7 +10,7 @@ import torch
 import torchvision.transforms as T
 from PIL import Image, ImageOps
 
-from nanoocr.images import MODES, ImageError, count_tokens, gundam_tiles, image_views, open_image, padded_box
+from nanoocr.data.images import MODES, ImageError, count_tokens, gundam_tiles, image_views, open_image, padded_box
 
 # REFERENCE.md "Gundam crop selection": (w, h) -> {max_crops: (tiles, crops, tokens)}, min_crops 2.
 GUNDAM_ROWS = {
@@ -250,5 +250,5 @@ def test_inspect_image_cli_text_and_overlay(tmp_path):
 
 
 def test_inspect_image_does_not_import_torch():
-    code = "import sys, nanoocr.inspect_image; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, nanoocr.data.inspect_image; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

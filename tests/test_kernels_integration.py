@@ -8,7 +8,7 @@ import torch
 
 import kernels.attention
 import kernels.scatter
-from nanoocr.gpt import GPT, GPTConfig
+from nanoocr.model.gpt import GPT, GPTConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # numpy noise from the interpreter
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -87,8 +87,8 @@ def test_gpt_training_step_triton_attention(monkeypatch):
 
 
 def test_vlm_training_step_triton_attention_and_scatter(monkeypatch):
-    presets = pytest.importorskip("nanoocr.presets")
-    from nanoocr.vlm import NanoOCR
+    presets = pytest.importorskip("nanoocr.model.presets")
+    from nanoocr.model.vlm import NanoOCR
 
     attn_calls = count_calls(monkeypatch, kernels.attention, "attention_forward")
     scatter_calls = count_calls(monkeypatch, kernels.scatter, "embed_scatter_forward")
@@ -116,8 +116,8 @@ def test_vlm_training_step_triton_attention_and_scatter(monkeypatch):
 
 
 def test_vlm_triton_embed_raises_on_count_mismatch():
-    presets = pytest.importorskip("nanoocr.presets")
-    from nanoocr.vlm import NanoOCR
+    presets = pytest.importorskip("nanoocr.model.presets")
+    from nanoocr.model.vlm import NanoOCR
 
     cfg = presets.build_config("nano", gpt=dict(vocab_size=128, n_layer=1, embed_impl="triton"))
     model = NanoOCR(cfg).to(DEVICE)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from nanoocr.loss_report import main, read_series, report
+from nanoocr.eval.loss_report import main, read_series, report
 
 
 def falling(n=100, start=8.0):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from nanoocr.metrics import (cer, edit_distance, edit_distance_omnidoc, exact_match, fox_scores,
+from nanoocr.eval.metrics import (cer, edit_distance, edit_distance_omnidoc, exact_match, fox_scores,
                              normalize_omnidoc, score, summarize)
 
 

@@ -4,10 +4,10 @@ loss is the per-token mean over the whole batch. Through a real composer Trainer
 import pytest
 import torch
 
-from nanoocr.clip import CLIPConfig
-from nanoocr.gpt import GPTConfig
-from nanoocr.sam import SAMConfig
-from nanoocr.vlm import NanoOCR, VLMConfig, image_token_count
+from nanoocr.model.clip import CLIPConfig
+from nanoocr.model.gpt import GPTConfig
+from nanoocr.model.sam import SAMConfig
+from nanoocr.model.vlm import NanoOCR, VLMConfig, image_token_count
 
 IMG = 63
 LENGTHS = [40, 6, 25, 3]  # real tokens per row: loss tokens 32, 5, 17, 2 (rows 0 and 2 hold an image)
@@ -55,8 +55,8 @@ def run_step(microbatch_size, on_tokens=True, batch=None):
         def after_train_batch(self, state, logger):
             self.grads = {n: p.grad.clone() for n, p in state.model.named_parameters() if p.grad is not None}
 
-    from nanoocr.composer_model import ComposerNanoOCR
-    from nanoocr.data import data_spec
+    from nanoocr.train.composer_model import ComposerNanoOCR
+    from nanoocr.data.stream import data_spec
 
     cfg = tiny_config()
     torch.manual_seed(0)
@@ -112,7 +112,7 @@ def test_sample_weighting_would_differ(steps):
 
 
 def test_loss_generating_tokens_are_counted():
-    from nanoocr.data import get_num_tokens_in_batch
+    from nanoocr.data.stream import get_num_tokens_in_batch
     b = make_batch(tiny_config())
     counts = get_num_tokens_in_batch(b)
     assert counts == {"total": sum(LENGTHS), "loss_generating": int((b["targets"] != -1).sum())}

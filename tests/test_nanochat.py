@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from nanoocr.gpt import GPT, GPTConfig
-from nanoocr.nanochat import extend_vocab, load_nanochat, load_nanochat_with_report
+from nanoocr.model.gpt import GPT, GPTConfig
+from nanoocr.model.nanochat import extend_vocab, load_nanochat, load_nanochat_with_report
 
 MODEL_CONFIG = dict(sequence_len=32, vocab_size=61, n_layer=2, n_head=2, n_kv_head=2, n_embd=32)
 
@@ -97,9 +97,9 @@ def test_extend_vocab_keeps_old_rows():
 
 
 def test_load_into_vlm_extends_vocab(tmp_path):
-    from nanoocr.presets import build_config
-    from nanoocr.nanochat import load_nanochat_into
-    from nanoocr.vlm import NanoOCR
+    from nanoocr.model.presets import build_config
+    from nanoocr.model.nanochat import load_nanochat_into
+    from nanoocr.model.vlm import NanoOCR
 
     src = nanochat_model()
     write_checkpoint(src, tmp_path, 3)

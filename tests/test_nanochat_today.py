@@ -1,6 +1,6 @@
-"""nanochat as of commit 92d63d4 (2026-07): its checkpoints load through nanoocr.nanochat and compute what
+"""nanochat as of commit 92d63d4 (2026-07): its checkpoints load through nanoocr.model.nanochat and compute what
 nanochat computes. The reference forward below is written out from nanochat's gpt.py in plain torch (no
-nanoocr.gpt), and the checkpoint is random weights in nanochat's key layout, saved the way its
+nanoocr.model.gpt), and the checkpoint is random weights in nanochat's key layout, saved the way its
 checkpoint_manager saves them (`model_<step:06d>.pt` = the uncompiled model's state_dict,
 `meta_<step:06d>.json` = json with `model_config` = asdict(GPTConfig))."""
 import json
@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from nanoocr.gpt import KVCache
-from nanoocr.nanochat import extend_vocab, load_nanochat, load_nanochat_into, load_nanochat_with_report
+from nanoocr.model.gpt import KVCache
+from nanoocr.model.nanochat import extend_vocab, load_nanochat, load_nanochat_into, load_nanochat_with_report
 
 # sequence_len 256 -> short window ceil(256/4/128)*128 = 128 keys back, long window 256: sequences of 300
 # tokens exercise both. vocab 61 -> 64 padded rows. n_layer 4: value embeddings on layers 1 and 3.
@@ -235,7 +235,7 @@ def test_left_padding_with_positions_and_mask_matches_unpadded(tmp_path):
 
 
 def test_engine_padded_batch_matches_single_prompts(tmp_path):
-    from nanoocr.engine import Engine
+    from nanoocr.model.engine import Engine
     write_checkpoint(tmp_path, random_state_dict())
     model = load_nanochat(tmp_path).eval()
     prompts = [ids_for(B=1, T=140, seed=5)[0].tolist(), ids_for(B=1, T=100, seed=6)[0].tolist()]
@@ -275,9 +275,9 @@ def test_extend_vocab_padded_layout(tmp_path, vocab, new_vocab, rows):
 
 
 def test_load_into_vlm(tmp_path):
-    from nanoocr.nanochat import nanochat_gpt_fields
-    from nanoocr.presets import build_config
-    from nanoocr.vlm import NanoOCR
+    from nanoocr.model.nanochat import nanochat_gpt_fields
+    from nanoocr.model.presets import build_config
+    from nanoocr.model.vlm import NanoOCR
 
     sd = random_state_dict()
     write_checkpoint(tmp_path, sd)

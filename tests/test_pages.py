@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nanoocr.pages import filter_reason, pick_pages, split_documents
+from nanoocr.eval.pages import filter_reason, pick_pages, split_documents
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(shutil.which("pdftoppm") is None, reason="poppler-utils not installed")
@@ -52,7 +52,7 @@ def run_pages(*args) -> subprocess.CompletedProcess:
 
 
 def mds_ids(folder: Path) -> list[str]:
-    from nanoocr.data import read_records
+    from nanoocr.data.stream import read_records
     return [r["id"] for r in read_records(local=folder)]
 
 
@@ -108,7 +108,7 @@ def test_generated_pdfs(tmp_path):
     assert "a.pdf#p4" in train + val and "a.pdf#p3" not in train + val
 
     # ground truth is the page's text layer
-    from nanoocr.data import read_records
+    from nanoocr.data.stream import read_records
     rec = next(r for r in read_records(local=out / "train") + read_records(local=out / "val") if r["id"] == "a.pdf#p1")
     assert rec["messages"][1]["content"].startswith(LINE.format(i=0, p=1))
     assert rec["image"][:8] == b"\x89PNG\r\n\x1a\n"
@@ -147,7 +147,7 @@ def test_real_debian_pdf(tmp_path):
 def test_crash_in_val_publishes_nothing_and_a_rerun_builds(tmp_path, monkeypatch):
     """train finished, then a crash while building val: DIR/train/index.json used to exist, so build_data
     took the set for built. The whole DIR appears only when everything is written."""
-    import nanoocr.pages as pages
+    import nanoocr.eval.pages as pages
     src = tmp_path / "pdfs"
     src.mkdir()
     make_pdf(src / "a.pdf", ["text"])  # val: 1 page fits 0.5 of 3, b's 2 do not

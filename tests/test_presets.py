@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from nanoocr.presets import build_config
-from nanoocr.summary import summarize
+from nanoocr.model.presets import build_config
+from nanoocr.model.summary import summarize
 
 
 def test_full_preset_parameter_counts():

@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from nanoocr.clip import CLIPConfig, CLIPEncoder
-from nanoocr.pretrained import load_deepseek_vision, load_hf_sam, read_checkpoint
-from nanoocr.sam import SAMConfig, SAMEncoder
+from nanoocr.model.clip import CLIPConfig, CLIPEncoder
+from nanoocr.model.pretrained import load_deepseek_vision, load_hf_sam, read_checkpoint
+from nanoocr.model.sam import SAMConfig, SAMEncoder
 
 N_EMBD = 48
 

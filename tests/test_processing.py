@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from nanoocr.processing import SampleError, process_sample
-from nanoocr.tokenizer import Tokenizer
+from nanoocr.data.processing import SampleError, process_sample
+from nanoocr.data.tokenizer import Tokenizer
 
 ANSWER = "Total: 42.00 EUR\nThank you!"
 
@@ -144,7 +144,7 @@ def test_a_huge_answer_is_never_tokenized_whole(tok, monkeypatch):
     import random
     import time
 
-    import nanoocr.processing as processing
+    import nanoocr.data.processing as processing
     rng = random.Random(0)
     words = ["Total", "EUR", "Thank", "you", "42.00", "page", "hello", "world,", "describe", "Free", "OCR."]
     text = " ".join(rng.choice(words) for _ in range(40_000))  # ~200 kB

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nanoocr.recipe import ConfigError, build_trainer, load_config
+from nanoocr.train.recipe import ConfigError, build_trainer, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -25,7 +25,7 @@ COMPOSER = str(Path(sys.executable).parent / "composer")
 @pytest.fixture(scope="module")
 def mds(tmp_path_factory):
     """A vision MDS folder (overfit10) and a text-only one (JSONL conversations)."""
-    from nanoocr.convert_to_mds import main as convert
+    from nanoocr.data.convert import main as convert
     root = tmp_path_factory.mktemp("mds")
     assert convert(["--input", "synthetic:overfit10:10:0", "--out", str(root / "vision")]) in (0, None)
     with open(root / "text.jsonl", "w") as f:
@@ -159,7 +159,7 @@ def test_nonfinite_loss_stops_the_run_and_keeps_the_last_checkpoint(mds, tmp_pat
     trainer, model, _ = build_trainer(cfg)
     with pytest.raises(RuntimeError, match="not finite"):
         trainer.fit()
-    from nanoocr.checkpoint import load_composer_state
+    from nanoocr.model.checkpoint import load_composer_state
     ckpts = sorted((run / "ckpt").glob("ep*-ba*-rank0.pt"), key=lambda p: int(p.stem.split("-ba")[1].split("-")[0]))
     assert ckpts or lr == ".inf", "no checkpoint was written before the non-finite loss"
     for ckpt in ckpts:  # every checkpoint written (none when batch 0 already broke the weights)
@@ -187,11 +187,11 @@ def test_tier1_yaml_through_composer_launcher_then_export_and_sample(tmp_path):
     out = subprocess.run([PY, "-m", "nanoocr.export", "--checkpoint", str(ckpt), "--config", str(run / "config.yaml"),
                           "--out", str(export)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    from nanoocr.data import read_records
+    from nanoocr.data.stream import read_records
     rec = read_records(local=str(data), limit=1)[0]
     image = tmp_path / "page.png"
     image.write_bytes(rec["image"])
-    probe = "import sys, nanoocr.sample; nanoocr.sample.main(sys.argv[1:]); print('composer' in sys.modules)"
+    probe = "import sys, nanoocr.eval.sample; nanoocr.eval.sample.main(sys.argv[1:]); print('composer' in sys.modules)"
     out = subprocess.run([PY, "-c", probe, "--model", str(export), "--image", str(image), "--max-new-tokens", "6"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -265,7 +265,7 @@ def test_ddp_two_cpu_ranks_see_disjoint_samples(mds, tmp_path):
 
 _FAULTS = """
 import resource, sys, torch
-from nanoocr.recipe import keep_freed_memory
+from nanoocr.train.recipe import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 faults = []

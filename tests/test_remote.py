@@ -30,7 +30,7 @@ def keys(client, prefix: str) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def remote_data(s3):
     """overfit10 converted straight to s3://BUCKET/overfit10 (the CLI, in this process)."""
-    from nanoocr.convert_to_mds import main as convert
+    from nanoocr.data.convert import main as convert
     assert convert(["--input", "synthetic:overfit10:10:0", "--out", f"s3://{BUCKET}/overfit10"]) == 0
     return f"s3://{BUCKET}/overfit10"
 
@@ -46,7 +46,7 @@ def test_convert_uploads_zstd_shards_and_reports(s3, remote_data):
 
 
 def test_read_records_from_s3_through_a_cache(remote_data, tmp_path):
-    from nanoocr.data import read_records
+    from nanoocr.data.stream import read_records
     cache = tmp_path / "cache"
     recs = read_records(remote=remote_data, local=cache, limit=3)
     assert [r["id"] for r in recs] == [f"overfit10-s0-000{i}" for i in range(3)]
@@ -60,8 +60,8 @@ def test_read_records_fetches_only_the_shards_it_needs(tmp_path):
     """A plain-folder remote of 3 shards: the first rows need the first shard only."""
     from streaming import MDSWriter
 
-    from nanoocr.convert_to_mds import COLUMNS
-    from nanoocr.data import read_records
+    from nanoocr.data.convert import COLUMNS
+    from nanoocr.data.stream import read_records
     src = tmp_path / "src"
     with MDSWriter(out=str(src), columns=COLUMNS, compression="zstd", size_limit=1 << 10) as w:
         for i in range(30):
@@ -141,7 +141,7 @@ def test_tier1_from_s3_runs_and_kill9_autoresume_matches(remote_data, tmp_path):
 @pytest.mark.slow
 def test_tier1_from_a_plain_folder_remote(tmp_path):
     """`remote:` a local MDS folder, `local:` an empty cache: Streaming copies the shards over."""
-    from nanoocr.convert_to_mds import main as convert
+    from nanoocr.data.convert import main as convert
     src = tmp_path / "mds"
     assert convert(["--input", "synthetic:overfit10:10:0", "--out", str(src)]) == 0
     cache = tmp_path / "cache"

@@ -8,9 +8,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import nanoocr.sam as sam_module
-from nanoocr.pretrained import load_hf_sam
-from nanoocr.sam import SAMConfig, SAMEncoder, get_rel_pos, resize_pos_embed
+import nanoocr.model.sam as sam_module
+from nanoocr.model.pretrained import load_hf_sam
+from nanoocr.model.sam import SAMConfig, SAMEncoder, get_rel_pos, resize_pos_embed
 
 transformers = pytest.importorskip("transformers")
 from transformers import SamVisionConfig  # noqa: E402

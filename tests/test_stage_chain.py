@@ -65,7 +65,7 @@ def make_checkpoints(root: Path) -> None:
     from transformers import CLIPVisionConfig, CLIPVisionModel, SamVisionConfig
     from transformers.models.sam.modeling_sam import SamVisionModel
 
-    from nanoocr import presets
+    from nanoocr.model import presets
     nano = presets.build_config("nano")
     s, c = nano.sam, nano.clip
     torch.manual_seed(0)
@@ -84,8 +84,8 @@ def make_checkpoints(root: Path) -> None:
 
     import tiktoken
 
-    from nanoocr.gpt import GPT as NanochatGPT, GPTConfig
-    from nanoocr.tokenizer import SPECIAL_TOKENS
+    from nanoocr.model.gpt import GPT as NanochatGPT, GPTConfig
+    from nanoocr.data.tokenizer import SPECIAL_TOKENS
     ranks = {bytes([i]): i for i in range(256)}
     specials = {t: 256 + i for i, t in enumerate(SPECIAL_TOKENS[:-1])}
     enc = tiktoken.Encoding(name="rustbpe", pat_str=r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}"""
@@ -112,7 +112,7 @@ def make_data(root: Path, data_root: str) -> None:
     sources = {"olmocr": "synthetic:text_page:6:1", "docbank": "synthetic:receipt:6:2", "charts": "synthetic:chart:4:3",
                "tables": "synthetic:table:4:4", "formulas": "synthetic:formula:4:5", "val": "synthetic:text_page:4:6",
                "llava": "synthetic:chart:4:7", "text": str(text)}
-    from nanoocr.convert_to_mds import main as convert  # in-process: the CLI's main, without 8 start-ups
+    from nanoocr.data.convert import main as convert  # in-process: the CLI's main, without 8 start-ups
     for name, spec in sources.items():
         assert convert(["--input", spec, "--out", f"{data_root}/{name}"]) in (0, None), name
 
@@ -163,7 +163,7 @@ def test_readme_real_run_chain(tmp_path, s3):
         assert {"vision/mean_cosine", "eval_gen/exact_match", "eval_gen/cer"} <= keys, f"{stage}: {sorted(keys)}"
         assert (runs / stage / "checkpoints" / "latest-rank0.pt").exists()
 
-    from nanoocr.checkpoint import load_composer_state
+    from nanoocr.model.checkpoint import load_composer_state
     s1_state = load_composer_state(runs / "stage1/checkpoints/latest-rank0.pt")
     s2_state = load_composer_state(runs / "stage2/checkpoints/latest-rank0.pt")
     sam_keys = [k for k in s1_state if k.startswith("sam.")]

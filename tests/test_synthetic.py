@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nanoocr.records import validate_record
-from nanoocr.synthetic import GENERATORS
+from nanoocr.data.records import validate_record
+from nanoocr.data.synthetic import GENERATORS
 
 
 @pytest.mark.parametrize("name", sorted(GENERATORS))

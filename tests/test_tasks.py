@@ -8,8 +8,8 @@ import datasets
 import pytest
 from PIL import Image
 
-from nanoocr.records import validate_record
-from nanoocr.tasks import (GSM8K, MMLU, ChartQA, CustomJSON, DocBank, FigureQA, LaTeXFormulas, LLaVACC3M, OlmOCR,
+from nanoocr.data.records import validate_record
+from nanoocr.data.tasks import (GSM8K, MMLU, ChartQA, CustomJSON, DocBank, FigureQA, LaTeXFormulas, LLaVACC3M, OlmOCR,
                            PlotQA, PubTables1M, SmolTalk, Task, TaskMixture)
 
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from nanoocr.tokenizer import SPECIAL_TOKENS, Tokenizer, load_nanochat_tokenizer
+from nanoocr.data.tokenizer import SPECIAL_TOKENS, Tokenizer, load_nanochat_tokenizer
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. Invoice 2024-07, total 1,234.56 EUR.",

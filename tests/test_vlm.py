@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from nanoocr.clip import CLIPConfig
-from nanoocr.gpt import GPTConfig
-from nanoocr.sam import SAMConfig
-from nanoocr.vlm import NanoOCR, VLMConfig, image_token_count
+from nanoocr.model.clip import CLIPConfig
+from nanoocr.model.gpt import GPTConfig
+from nanoocr.model.sam import SAMConfig
+from nanoocr.model.vlm import NanoOCR, VLMConfig, image_token_count
 
 IMG = 63  # image token id (last id of a 64-token vocabulary)
 
@@ -168,7 +168,7 @@ def test_uint8_views_from_the_loader_encode_exactly_like_float_views(model):
     # float path (images.to_tensor = ToTensor + Normalize(0.5, 0.5)) must give bit-identical vectors.
     from PIL import Image, ImageDraw
 
-    from nanoocr.images import image_views
+    from nanoocr.data.images import image_views
     img = Image.new("RGB", (1500, 700), "white")
     ImageDraw.Draw(img).text((40, 300), "uint8 views", fill=(10, 40, 200))
     f = image_views(img, "gundam", max_crops=6)

@@ -2,7 +2,7 @@
 
     python recipes/bench/attention.py [--batch 4] [--heads 4] [--runs 3]
 
-With a trainable rel-pos bias SDPA has no fused CPU kernel and runs its math path; nanoocr.sam uses
+With a trainable rel-pos bias SDPA has no fused CPU kernel and runs its math path; nanoocr.model.sam uses
 `rel_pos_attention_blockwise` (RelPosAttention) there instead. For a global block (64x64 grid, 4096
 tokens: the 1024 px view) and for windows (14x14, 25 per image), both on the same random q, k, v and
 bias terms: forward + backward wall time (median of --runs after one warm-up), the ratio, and the
@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from nanoocr.sam import rel_pos_attention, rel_pos_attention_blockwise
+from nanoocr.model.sam import rel_pos_attention, rel_pos_attention_blockwise
 from common import cpu_model  # recipes/bench/common.py
 
 

@@ -7,7 +7,7 @@ Both sides do the same work on the same pixels, batch 1, fp32, torch.inference_m
   HF:   SamVisionEncoder (blocks + neck) -> our net_2/net_3 convs -> CLS + positions (HF's tables)
         -> CLIPVisionModel's pre_layrnorm + encoder
 The HF models get random weights (normal 0.02, random rel-pos tables), are saved with save_pretrained and
-loaded into ours through nanoocr.pretrained, so the outputs must agree (asserted). Timings are the
+loaded into ours through nanoocr.model.pretrained, so the outputs must agree (asserted). Timings are the
 median of --runs interleaved runs after --warmup runs per side; the table is Markdown for BENCHMARKS.md.
 """
 from __future__ import annotations
@@ -20,9 +20,9 @@ import time
 
 import torch
 
-from nanoocr.clip import CLIPConfig, CLIPEncoder, resize_positions
-from nanoocr.pretrained import load_hf_clip, load_hf_sam
-from nanoocr.sam import SAMConfig, SAMEncoder
+from nanoocr.model.clip import CLIPConfig, CLIPEncoder, resize_positions
+from nanoocr.model.pretrained import load_hf_clip, load_hf_sam
+from nanoocr.model.sam import SAMConfig, SAMEncoder
 
 
 def build_hf(tmp: str):

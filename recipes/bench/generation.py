@@ -17,10 +17,10 @@ import time
 
 import torch
 
-from nanoocr.engine import Engine
-from nanoocr.images import MODES
-from nanoocr.presets import build_config
-from nanoocr.vlm import NanoOCR, image_token_count
+from nanoocr.model.engine import Engine
+from nanoocr.data.images import MODES
+from nanoocr.model.presets import build_config
+from nanoocr.model.vlm import NanoOCR, image_token_count
 from common import cpu_model  # recipes/bench/common.py
 
 

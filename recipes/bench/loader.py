@@ -4,7 +4,7 @@
                                    [--workers 2] [--batch-size 4] [--warmup-batches 4] [--samples 96]
                                    [--model-preset nano] [--model-steps 3]
 
-Renders up to --pages pages of the PDFs under --pdfs at 144 dpi (nanoocr.pdf: pdftoppm + pdftotext)
+Renders up to --pages pages of the PDFs under --pdfs at 144 dpi (nanoocr.data.pdf: pdftoppm + pdftotext)
 into a temporary MDS dataset, trains a small BPE tokenizer on the page texts, then, per mode, iterates
 the real `build_dataloader` (shuffled, --workers processes, --batch-size) and times --samples samples
 after --warmup-batches batches (worker start-up, first shard open). The epoch is stretched with
@@ -31,11 +31,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from nanoocr.data import build_dataloader
-from nanoocr.images import image_views, open_image
-from nanoocr.pdf import pdf_pages
-from nanoocr.processing import process_sample
-from nanoocr.tokenizer import Tokenizer
+from nanoocr.data.stream import build_dataloader
+from nanoocr.data.images import image_views, open_image
+from nanoocr.data.pdf import pdf_pages
+from nanoocr.data.processing import process_sample
+from nanoocr.data.tokenizer import Tokenizer
 from common import cpu_model, training_step_seconds  # recipes/bench/common.py
 
 COLUMNS = {"id": "str", "source": "str", "messages": "json", "image": "bytes"}
@@ -108,10 +108,10 @@ def measure(local: str, tok: Tokenizer, mode: str, workers: int, batch_size: int
 
 def consumption(batch: dict, tok: Tokenizer, preset: str, steps: int) -> float:
     """Samples/s the --model-preset model trains on `batch` (median of `steps` steps after a warm-up)."""
-    from nanoocr.composer_model import ComposerNanoOCR
-    from nanoocr.presets import build_config
-    from nanoocr.recipe import keep_freed_memory
-    from nanoocr.vlm import NanoOCR
+    from nanoocr.train.composer_model import ComposerNanoOCR
+    from nanoocr.model.presets import build_config
+    from nanoocr.train.recipe import keep_freed_memory
+    from nanoocr.model.vlm import NanoOCR
 
     keep_freed_memory()  # as the recipe does on CPU
     threads = torch.get_num_threads()

@@ -7,9 +7,9 @@ Each (mode, activation checkpointing off/on) runs in its own fresh subprocess (t
 --child), so its RSS figures are that configuration's alone. The child builds the --preset model
 (`presets.build_config(..., activation_checkpointing=...)`, NanoOCR in ComposerNanoOCR, fp32, train
 mode) and AdamW, and one batch the way the loader makes it: --batch records of --generator
-(nanoocr.synthetic; gundam10 = 2400x1600 / 1600x2400 pages, 6 Gundam crops each; the same pages in
+(nanoocr.data.synthetic; gundam10 = 2400x1600 / 1600x2400 pages, 6 Gundam crops each; the same pages in
 every mode), `process_sample(r, tok, mode=mode, max_seq_len=2048, normalize=False)` (uint8 views, as
-the loader ships them) and `nanoocr.data.collate`. Before the baseline it allocates the gradients
+the loader ships them) and `nanoocr.data.stream.collate`. Before the baseline it allocates the gradients
 (zeros, kept between steps: `zero_grad(set_to_none=False)`) and AdamW's state (one step with lr 0,
 weights unchanged), so that the baseline already holds weights + gradients + optimizer state + batch
 and what a step adds on top is activations (plus the logits and transient buffers). The baseline is
@@ -145,13 +145,13 @@ def profiled_step(model, opt, inputs, batch) -> int:
 def child(args) -> dict:
     import torch
 
-    from nanoocr import presets
-    from nanoocr.composer_model import ComposerNanoOCR
-    from nanoocr.data import collate
-    from nanoocr.processing import process_sample
-    from nanoocr.synthetic import GENERATORS
-    from nanoocr.tokenizer import Tokenizer
-    from nanoocr.vlm import NanoOCR
+    from nanoocr.model import presets
+    from nanoocr.train.composer_model import ComposerNanoOCR
+    from nanoocr.data.stream import collate
+    from nanoocr.data.processing import process_sample
+    from nanoocr.data.synthetic import GENERATORS
+    from nanoocr.data.tokenizer import Tokenizer
+    from nanoocr.model.vlm import NanoOCR
 
     torch.manual_seed(0)
     records = list(GENERATORS[args.generator](args.batch, 0))
@@ -239,7 +239,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--modes", nargs="+", default=["gundam", "base"])
     ap.add_argument("--steps", type=int, default=2, help="training steps per configuration (>= 1)")
-    ap.add_argument("--generator", default="gundam10", help="nanoocr.synthetic generator of the batch's pages")
+    ap.add_argument("--generator", default="gundam10", help="nanoocr.data.synthetic generator of the batch's pages")
     ap.add_argument("--eager-malloc", action="store_true",
                     help="run the children with " + " ".join(f"{k}={v}" for k, v in EAGER_MALLOC.items())
                     + " so that RSS follows live memory (steps get slower)")

@@ -2,10 +2,10 @@
 
     python recipes/bench/mfu.py [--presets nano small medium] [--batch 4] [--steps 5] [--mode base]
 
-The process keeps freed memory for reuse (nanoocr.recipe.keep_freed_memory), as the recipe does on CPU.
+The process keeps freed memory for reuse (nanoocr.train.recipe.keep_freed_memory), as the recipe does on CPU.
 
 One run measures, side by side: the fp32 matmul peak of this device (best of repeated 2048³ matmuls,
-nanoocr.callbacks.measure_matmul_peak, also what the recipe's SpeedMonitor uses on CPU), then for each
+nanoocr.train.callbacks.measure_matmul_peak, also what the recipe's SpeedMonitor uses on CPU), then for each
 preset the time of full training steps (forward + backward + AdamW) on a batch of real rendered pages
 (base mode by default), the model FLOPs per step from ComposerNanoOCR.flops_per_batch (the number
 SpeedMonitor reports MFU from), samples/s and MFU = achieved FLOP/s ÷ measured peak.
@@ -17,15 +17,15 @@ import sys
 
 import torch
 
-from nanoocr import presets
-from nanoocr.callbacks import measure_matmul_peak
-from nanoocr.composer_model import ComposerNanoOCR
-from nanoocr.data import collate
-from nanoocr.processing import process_sample
-from nanoocr.recipe import keep_freed_memory
-from nanoocr.synthetic import GENERATORS
-from nanoocr.tokenizer import Tokenizer
-from nanoocr.vlm import NanoOCR
+from nanoocr.model import presets
+from nanoocr.train.callbacks import measure_matmul_peak
+from nanoocr.train.composer_model import ComposerNanoOCR
+from nanoocr.data.stream import collate
+from nanoocr.data.processing import process_sample
+from nanoocr.train.recipe import keep_freed_memory
+from nanoocr.data.synthetic import GENERATORS
+from nanoocr.data.tokenizer import Tokenizer
+from nanoocr.model.vlm import NanoOCR
 from common import cpu_model, training_step_seconds  # recipes/bench/common.py
 
 

@@ -1,10 +1,10 @@
-"""Image preprocessing per page: nanoocr.images.image_views vs a straightforward PIL + torchvision pipeline.
+"""Image preprocessing per page: nanoocr.data.images.image_views vs a straightforward PIL + torchvision pipeline.
 
     python recipes/bench/preprocess.py [--pdfs /usr/share/doc] [--pages 20]
                                        [--modes tiny small base large gundam] [--json OUT]
 
-Renders up to --pages pages of the PDFs under --pdfs at 144 dpi (nanoocr.pdf.pdf_pages, as
-recipes/bench/loader.py does) and decodes each once with nanoocr.images.open_image (decoding is not
+Renders up to --pages pages of the PDFs under --pdfs at 144 dpi (nanoocr.data.pdf.pdf_pages, as
+recipes/bench/loader.py does) and decodes each once with nanoocr.data.images.open_image (decoding is not
 timed). Then, page by page and mode by mode, in one process with ONE torch thread (a loader worker's
 setting), it times three pipelines on the same decoded image, interleaved (the order alternates from
 page to page so neither pipeline always runs on a warm cache):
@@ -40,8 +40,8 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageOps
 
-from nanoocr.images import MODES, PAD_COLOR, TILE, gundam_tiles, image_views, open_image
-from nanoocr.pdf import DPI, pdf_pages
+from nanoocr.data.images import MODES, PAD_COLOR, TILE, gundam_tiles, image_views, open_image
+from nanoocr.data.pdf import DPI, pdf_pages
 from common import cpu_model  # recipes/bench/common.py
 
 MEAN = STD = [0.5, 0.5, 0.5]

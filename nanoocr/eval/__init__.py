@@ -1,0 +1,1 @@
+"""Evaluation: metrics, transcription, evaluate / sample CLIs, loss report, the real-page set builder."""

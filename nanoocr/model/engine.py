@@ -1,0 +1,161 @@
+"""
+Generation for a NanoOCR model or a bare GPT: token ids in, token ids out (no tokenizer here).
+
+Notable features:
+- a preallocated KV cache per layer; vision embeddings are computed once, at prefill
+- several prompts (and images, including Gundam images with different crop grids) in one batch:
+  LEFT padding, per-row rotary positions (each row's first real token is position 0) and a key
+  mask that hides the pads, so every row generates what it would generate alone
+- greedy (temperature 0) or temperature / top-k sampling with a seeded torch.Generator
+- stop tokens (e.g. <|assistant_end|>, <|bos|>), max_new_tokens
+- a prompt + max_new_tokens beyond the model's positions is `PromptTooLong` (a ValueError), before any compute
+- DeepSeek-OCR's no-repeat n-gram guard: a token that would complete an n-gram already seen within the
+  last `window` generated tokens is banned (OCR models fall into repetition loops)
+- the image token is never generated (it would need vision vectors)
+- `use_cache=False` recomputes the full forward every step (reference for tests and benchmarks)
+"""
+
+import torch
+
+from nanoocr.model.gpt import KVCache
+
+# DeepSeek-OCR's reference decodes with NoRepeatNGram(ngram_size=30, window_size=90) in its image/PDF
+# scripts (20/50 elsewhere). 30 tokens is long enough that legitimate repetition (table rows, repeated
+# words, numbers) is practically never blocked, and a window of 90 bounds the per-step cost.
+NO_REPEAT_NGRAM = 30
+NO_REPEAT_WINDOW = 90
+
+
+class PromptTooLong(ValueError):
+    """The prompt plus max_new_tokens do not fit the model's positions: an input problem (a long prompt, a
+    Gundam image with many crops, too large a --max-new-tokens), reported and skipped, not a crash."""
+
+
+def banned_ngram_tokens(tokens, n, window, whitelist=()):
+    """Tokens that would complete an n-gram already present in the last `window` tokens.
+
+    Same rule as DeepSeek-OCR's NoRepeatNGramLogitsProcessor: the current (n-1)-token suffix is
+    compared with every n-gram starting inside the window; the n-gram's last token is banned."""
+    if n <= 0 or len(tokens) < n:
+        return set()
+    prefix = tuple(tokens[len(tokens) - (n - 1):]) if n > 1 else ()
+    start = max(0, len(tokens) - window)
+    banned = set()
+    for i in range(start, len(tokens) - n + 1):
+        if tuple(tokens[i:i + n - 1]) == prefix:
+            banned.add(tokens[i + n - 1])
+    return banned - set(whitelist)
+
+
+def sample_next(logits, temperature, top_k, generator):
+    # logits: (B, V) fp32 -> (B,) long
+    if temperature == 0.0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None:
+        k = min(top_k, logits.size(-1))
+        vals, idx = torch.topk(logits, k, dim=-1)
+        choice = torch.multinomial(torch.softmax(vals, dim=-1), 1, generator=generator)  # (B, 1)
+        return idx.gather(1, choice).squeeze(1)
+    return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)
+
+
+class Engine:
+    """`Engine(model).generate(prompts, ...)`; model is a NanoOCR (has `.gpt` and `encode_images`) or a GPT."""
+
+    def __init__(self, model):
+        self.model = model
+        self.gpt = model.gpt if hasattr(model, "encode_images") else model
+
+    def _embed(self, ids, vision):
+        # ids: (B, T) -> (B, T, C), image positions filled with `vision` when the model is a VLM
+        if hasattr(self.model, "encode_images"):
+            return self.model.embed(ids, vision)
+        return self.gpt.embed(ids)
+
+    @torch.inference_mode()
+    def generate(self, prompts, images=None, crops=None, tiles=None, max_new_tokens=256, temperature=0.0,
+                 top_k=None, stop_ids=(), no_repeat_ngram=NO_REPEAT_NGRAM, no_repeat_window=NO_REPEAT_WINDOW,
+                 no_repeat_whitelist=(), seed=None, use_cache=True):
+        """prompts: list of token-id lists (image prompts already expanded to their image-token count);
+        images/crops/tiles: as NanoOCR.forward, in prompt order. Returns the new tokens of each prompt,
+        without the stop token."""
+        assert len(prompts) > 0 and all(len(p) > 0 for p in prompts), "every prompt needs at least one token"
+        assert temperature >= 0.0, f"temperature must be >= 0, got {temperature}"
+        assert top_k is None or top_k > 0, f"top_k must be positive, got {top_k}"
+        gpt = self.gpt
+        device = gpt.lm_head.weight.device
+        B, lengths = len(prompts), [len(p) for p in prompts]
+        L = max(lengths)
+        max_len = L + max_new_tokens
+        if max_len > gpt.rotary_seq_len:  # checked before any compute: the rotary table has no positions beyond
+            raise PromptTooLong(f"prompt of {L} tokens + {max_new_tokens} new tokens > the model's "
+                                f"{gpt.rotary_seq_len} positions")
+
+        # Left padding: the pad id only has to differ from the image id (its keys are masked out).
+        image_id = getattr(getattr(self.model, "config", None), "image_token_id", None)
+        pad_id = 0 if image_id != 0 else 1
+        ids = torch.full((B, L), pad_id, dtype=torch.long, device=device)
+        valid = torch.zeros((B, max_len), dtype=torch.bool, device=device)  # True on real tokens
+        for b, p in enumerate(prompts):
+            ids[b, L - len(p):] = torch.tensor(p, dtype=torch.long, device=device)
+            valid[b, L - len(p):L] = True
+        positions = (valid[:, :L].long().cumsum(1) - 1).clamp(min=0)  # (B, L): 0 at each row's first token
+        lengths_t = torch.tensor(lengths, dtype=torch.long, device=device)  # next position of each row
+        padded = any(n != L for n in lengths)
+
+        vision = None
+        if hasattr(self.model, "encode_images") and images is not None:
+            crops = None if crops is None else crops.to(device)
+            vision = self.model.encode_images(images.to(device), crops, tiles)  # (N_tokens, C), once for all steps
+
+        generator = None
+        if temperature > 0.0:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(seed if seed is not None else torch.seed())
+
+        kv_cache = None
+        if use_cache:
+            cfg = gpt.config
+            kv_cache = KVCache(cfg.n_layer, B, cfg.n_head, cfg.n_embd // cfg.n_head, max_len,
+                               dtype=gpt.lm_head.weight.dtype, device=device)
+            x = self._embed(ids, vision)  # (B, L, C)
+            logits = gpt.trunk(x, kv_cache=kv_cache, positions=positions if padded else None,
+                               attn_mask=valid[:, :L] if padded else None, last_only=True, ids=ids)[:, -1]
+
+        out = [[] for _ in range(B)]
+        done = [False] * B
+        seq = ids
+        for step in range(max_new_tokens):
+            if not use_cache:
+                # recompute everything: the whole sequence so far, vision re-merged each step
+                T = seq.size(1)
+                pos = torch.cat([positions, lengths_t[:, None] + torch.arange(T - L, device=device)[None]], 1)
+                logits = gpt.trunk(self._embed(seq, vision), positions=pos if padded else None,
+                                   attn_mask=valid[:, :T] if padded else None, last_only=True, ids=seq)[:, -1]
+            logits = logits.float()
+            if image_id is not None:
+                logits[:, image_id] = float("-inf")  # an image position without vision vectors is meaningless
+            if no_repeat_ngram > 0:
+                for b in range(B):
+                    banned = banned_ngram_tokens(out[b], no_repeat_ngram, no_repeat_window, no_repeat_whitelist)
+                    if banned:
+                        logits[b, list(banned)] = float("-inf")
+            next_ids = sample_next(logits, temperature, top_k, generator)  # (B,)
+            for b, t in enumerate(next_ids.tolist()):
+                if done[b]:
+                    continue
+                if t in stop_ids:
+                    done[b] = True
+                else:
+                    out[b].append(t)
+            if all(done) or step == max_new_tokens - 1:
+                break
+            valid[:, L + step] = True
+            seq = torch.cat([seq, next_ids[:, None]], 1)
+            if use_cache:
+                x = gpt.embed(next_ids[:, None])  # (B, 1, C): generated tokens are text
+                logits = gpt.trunk(x, kv_cache=kv_cache, positions=(lengths_t + step)[:, None] if padded else None,
+                                   attn_mask=valid[:, :L + step + 1] if padded else None, last_only=True,
+                                   ids=next_ids[:, None])[:, -1]
+        return out

@@ -1,0 +1,268 @@
+"""Pretrained-weight loaders for the vision encoder (SAM, CLIP) and the official DeepSeek-OCR vision weights.
+
+    load_hf_sam(sam, path)            transformers SamModel (`vision_encoder.*`) or a bare SamVisionEncoder save
+    load_hf_clip(clip, path)          transformers CLIPVisionModel / CLIPModel (`vision_model.*`), q/k/v fused
+    load_deepseek_vision(vlm, path)   official DeepSeek-OCR checkpoint: SAM, CLIP, projector, newline, separator
+
+Notable features:
+- `path` is a .safetensors file, a torch file (.pt/.pth/.bin, read with weights_only=True), or a
+  directory as written by HF `save_pretrained` (model.safetensors, sharded model.safetensors.index.json,
+  or pytorch_model.bin[.index.json]). From sharded safetensors only the needed tensors are read, so
+  loading the vision part of a 3B-parameter checkpoint does not read the language model.
+- Every loader returns a `LoadReport` (loaded count, missing, unexpected, notes) and prints a summary.
+  Nothing is silently dropped: keys that are unused by design (CLIP's patch conv and post-layernorm,
+  position_ids) are listed in the notes; keys of other parts (SAM prompt encoder, CLIP text tower, the
+  LM) are counted in the notes; net_2/net_3, absent from SAM checkpoints, are reported as missing.
+- A shape mismatch raises ValueError naming the checkpoint key, our key and both shapes. With
+  strict=True (default) unexpected keys or missing keys other than the known-absent ones also raise.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class LoadReport:
+    source: str
+    loaded: int = 0
+    missing: list[str] = field(default_factory=list)  # our parameter names left untouched
+    unexpected: list[str] = field(default_factory=list)  # checkpoint keys in the loaded namespace we could not place
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"loaded {self.loaded} tensors from {self.source}; "
+                 f"missing {len(self.missing)}; unexpected {len(self.unexpected)}"]
+        if self.missing:
+            lines.append(f"  missing: {', '.join(self.missing)}")
+        if self.unexpected:
+            lines.append(f"  unexpected: {', '.join(self.unexpected)}")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading checkpoints
+
+def _torch_file(path: Path) -> dict[str, torch.Tensor]:
+    from nanoocr.model.checkpoint import torch_load_safe  # weights only; a pickle with code is refused by name
+    sd = torch_load_safe(path)
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path}: expected a flat dict of tensors (a state dict)")
+    return sd
+
+
+def read_checkpoint(path: str | Path, want=lambda key: True) -> tuple[dict[str, torch.Tensor], int]:
+    """Tensors whose key satisfies `want`, and the number of keys that were skipped (not read when possible)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                     "pytorch_model.bin.index.json"):
+            if (path / name).exists():
+                path = path / name
+                break
+        else:
+            raise FileNotFoundError(f"{path}: no model.safetensors[.index.json] or pytorch_model.bin[.index.json]")
+    if path.name.endswith(".index.json"):
+        weight_map: dict[str, str] = json.loads(path.read_text())["weight_map"]
+        keys = [k for k in weight_map if want(k)]
+        out: dict[str, torch.Tensor] = {}
+        for shard in sorted({weight_map[k] for k in keys}):
+            shard_keys = [k for k in keys if weight_map[k] == shard]
+            if shard.endswith(".safetensors"):
+                with safe_open(path.parent / shard, framework="pt") as f:
+                    out.update({k: f.get_tensor(k) for k in shard_keys})
+            else:
+                sd = _torch_file(path.parent / shard)
+                out.update({k: sd[k] for k in shard_keys})
+        return out, len(weight_map) - len(keys)
+    if path.suffix == ".safetensors":
+        with safe_open(path, framework="pt") as f:
+            all_keys = list(f.keys())
+            out = {k: f.get_tensor(k) for k in all_keys if want(k)}
+        return out, len(all_keys) - len(out)
+    sd = _torch_file(path)
+    out = {k: v for k, v in sd.items() if want(k)}
+    return out, len(sd) - len(out)
+
+
+def _assign(module: nn.Module, tensors: dict[str, tuple[str, torch.Tensor]], report: LoadReport,
+            known_absent: tuple[str, ...] = ()) -> None:
+    """Copy {our_key: (checkpoint_key, tensor)} into module; fill loaded/missing on the report."""
+    own = dict(module.state_dict(keep_vars=True))
+    for ours, (theirs, t) in tensors.items():
+        if ours not in own:
+            report.unexpected.append(theirs)
+            continue
+        if tuple(own[ours].shape) != tuple(t.shape):
+            raise ValueError(f"shape mismatch for {theirs} -> {ours}: checkpoint {tuple(t.shape)} "
+                             f"vs model {tuple(own[ours].shape)}")
+    with torch.no_grad():
+        for ours, (_, t) in tensors.items():
+            if ours in own:
+                own[ours].copy_(t.to(own[ours].dtype))
+                report.loaded += 1
+    report.missing += [k for k in own if k not in tensors]
+    absent = [k for k in report.missing if k.startswith(known_absent)] if known_absent else []
+    if absent:
+        report.notes.append(f"not in this checkpoint, left at random init: {', '.join(absent)}")
+
+
+def _finish(report: LoadReport, name: str, strict: bool, allowed_missing: tuple[str, ...] = ()) -> LoadReport:
+    print(f"[{name}] " + report.summary())
+    bad_missing = [k for k in report.missing if not k.startswith(allowed_missing)] if allowed_missing \
+        else list(report.missing)
+    if strict and (bad_missing or report.unexpected):
+        raise ValueError(f"{name} from {report.source}: missing {bad_missing}, unexpected {report.unexpected}")
+    return report
+
+
+# ------------------------------------------------------------------------------------------------
+# HF SAM (transformers SamModel / SamVisionModel / SamVisionEncoder)
+
+# HF name (after the vision_encoder. prefix) -> our (official DeepSeek-OCR) name; first match wins.
+SAM_HF_RENAMES = [
+    (r"^patch_embed\.projection\.", "patch_embed.proj."),
+    (r"^layers\.(\d+)\.layer_norm1\.", r"blocks.\1.norm1."),
+    (r"^layers\.(\d+)\.layer_norm2\.", r"blocks.\1.norm2."),
+    (r"^layers\.(\d+)\.", r"blocks.\1."),  # attn.qkv, attn.proj, attn.rel_pos_h/w, mlp.lin1/lin2 keep their names
+    (r"^neck\.conv1\.", "neck.0."),
+    (r"^neck\.layer_norm1\.", "neck.1."),
+    (r"^neck\.conv2\.", "neck.2."),
+    (r"^neck\.layer_norm2\.", "neck.3."),
+]
+
+
+def _rename(key: str, renames) -> str:
+    for pattern, repl in renames:
+        new, n = re.subn(pattern, repl, key)
+        if n:
+            return new
+    return key
+
+
+def load_hf_sam(sam: nn.Module, path: str | Path, strict: bool = True) -> LoadReport:
+    """Load a transformers SAM vision encoder into SAMEncoder; net_2/net_3 keep their random init.
+
+    SamModel and SamVisionModel saves prefix the encoder with `vision_encoder.`; a SamVisionEncoder
+    save has bare keys (patch_embed.*, layers.*, neck.*, pos_embed)."""
+    tensors, _ = read_checkpoint(path, want=lambda k: True)
+    prefix = "vision_encoder." if any(k.startswith("vision_encoder.") for k in tensors) else ""
+    report = LoadReport(source=str(path))
+    others = [k for k in tensors if not k.startswith(prefix)]
+    if others:
+        report.notes.append(f"{len(others)} keys outside `{prefix}` ignored (SAM prompt encoder / mask decoder)")
+    mapped = {}
+    for key, t in tensors.items():
+        if key.startswith(prefix):
+            mapped[_rename(key[len(prefix):], SAM_HF_RENAMES)] = (key, t)
+    _assign(sam, mapped, report, known_absent=("net_2.", "net_3."))
+    return _finish(report, "load_hf_sam", strict, allowed_missing=("net_2.", "net_3."))
+
+
+# ------------------------------------------------------------------------------------------------
+# HF CLIP (transformers CLIPVisionModel, or a full CLIPModel: the text tower is ignored)
+
+# Unused by design: the patch conv (SAM features replace patches), the post-layernorm (DeepSeek-OCR uses
+# the last hidden state), position_ids (an arange buffer).
+CLIP_IGNORED = ("embeddings.patch_embedding.", "post_layernorm.", "embeddings.position_ids")
+
+
+def load_hf_clip(clip: nn.Module, path: str | Path, strict: bool = True) -> LoadReport:
+    """Load transformers CLIP vision weights into CLIPEncoder, fusing q/k/v into qkv_proj (rows q | k | v)."""
+    tensors, _ = read_checkpoint(path)
+    prefix = "vision_model."
+    report = LoadReport(source=str(path))
+    others = [k for k in tensors if not k.startswith(prefix)]
+    if others:
+        report.notes.append(f"{len(others)} keys outside `{prefix}` ignored (text tower / projections)")
+    vision = {k[len(prefix):]: (k, t) for k, t in tensors.items() if k.startswith(prefix)}
+    ignored = sorted(theirs for k, (theirs, _) in vision.items() if k.startswith(CLIP_IGNORED))
+    if ignored:
+        report.notes.append(f"unused by design, not loaded: {', '.join(ignored)}")
+    mapped: dict[str, tuple[str, torch.Tensor]] = {}
+    qkv_parts: dict[tuple[str, str], dict[str, tuple[str, torch.Tensor]]] = {}
+    for key, (theirs, t) in vision.items():
+        if key.startswith(CLIP_IGNORED):
+            continue
+        m = re.match(r"^encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$", key)
+        if m:
+            qkv_parts.setdefault((m[1], m[3]), {})[m[2]] = (theirs, t)
+            continue
+        mapped[re.sub(r"^encoder\.", "transformer.", key)] = (theirs, t)
+    for (layer, kind), parts in qkv_parts.items():
+        if set(parts) != {"q", "k", "v"}:
+            report.unexpected += [theirs for theirs, _ in parts.values()]  # an incomplete q/k/v set cannot be fused
+            continue
+        fused = torch.cat([parts[c][1] for c in "qkv"], dim=0)  # (3D, D) or (3D,)
+        name = f"vision_model.encoder.layers.{layer}.self_attn.{{q,k,v}}_proj.{kind}"
+        mapped[f"transformer.layers.{layer}.self_attn.qkv_proj.{kind}"] = (name, fused)
+    _assign(clip, mapped, report)
+    return _finish(report, "load_hf_clip", strict)
+
+
+# ------------------------------------------------------------------------------------------------
+# Official DeepSeek-OCR checkpoint (vision part)
+
+# official prefix -> (attribute of the model, rename applied to the rest of the key)
+DEEPSEEK_PREFIXES = {
+    "model.sam_model.": "sam",
+    "model.vision_model.": "clip",
+    "model.projector.layers.": "projector",
+}
+DEEPSEEK_PARAMS = {"model.image_newline": "image_newline", "model.view_seperator": "view_separator"}  # [sic]
+
+
+def _is_deepseek_vision(key: str) -> bool:
+    return key.startswith(tuple(DEEPSEEK_PREFIXES)) or key in DEEPSEEK_PARAMS
+
+
+def load_deepseek_vision(model: nn.Module, path: str | Path, strict: bool = True) -> LoadReport:
+    """Load official DeepSeek-OCR vision weights into model.{sam, clip, projector, image_newline, view_separator}.
+
+    Only the vision keys are read; the language-model keys are counted in the notes."""
+    tensors, skipped = read_checkpoint(path, want=_is_deepseek_vision)
+    report = LoadReport(source=str(path))
+    if skipped:
+        report.notes.append(f"{skipped} non-vision keys (language model) not read")
+    per_part: dict[str, dict[str, tuple[str, torch.Tensor]]] = {a: {} for a in DEEPSEEK_PREFIXES.values()}
+    ignored = []
+    for key, t in tensors.items():
+        if key in DEEPSEEK_PARAMS:
+            continue
+        prefix = next(p for p in DEEPSEEK_PREFIXES if key.startswith(p))
+        rest = key[len(prefix):]
+        if prefix == "model.vision_model." and rest.startswith(CLIP_IGNORED):
+            ignored.append(key)
+            continue
+        per_part[DEEPSEEK_PREFIXES[prefix]][rest] = (key, t)
+    if ignored:
+        report.notes.append(f"unused by design, not loaded: {', '.join(sorted(ignored))}")
+    for attr, part in per_part.items():
+        sub = LoadReport(source=report.source)
+        _assign(getattr(model, attr), part, sub)
+        report.loaded += sub.loaded
+        report.missing += [f"{attr}.{k}" for k in sub.missing]
+        report.unexpected += sub.unexpected
+    for key, attr in DEEPSEEK_PARAMS.items():
+        p = getattr(model, attr)
+        if key not in tensors:
+            report.missing.append(attr)
+            continue
+        t = tensors[key]
+        if tuple(t.shape) != tuple(p.shape):
+            raise ValueError(f"shape mismatch for {key} -> {attr}: checkpoint {tuple(t.shape)} "
+                             f"vs model {tuple(p.shape)}")
+        with torch.no_grad():
+            p.copy_(t.to(p.dtype))
+        report.loaded += 1
+    return _finish(report, "load_deepseek_vision", strict)

@@ -1,0 +1,1 @@
+"""Training with Composer: the ComposerModel, callbacks, the recipe (YAML -> Trainer), export."""
