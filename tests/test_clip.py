@@ -100,6 +100,6 @@ def test_full_size_parameter_count():
     with torch.device("meta"):
         model = CLIPEncoder(CLIPConfig())
     n = sum(p.numel() for p in model.parameters())
-    assert abs(n - 302.6e6) <= 0.5e6, n  # REFERENCE.md: 302.6M without the unused patch conv
+    assert abs(n - 302.6e6) <= 0.5e6, n  # docs/FACTS.md "DeepEncoder": 302.6M without the unused patch conv
     assert tuple(model.embeddings.position_embedding.weight.shape) == (257, 1024)
     assert tuple(model.transformer.layers[0].self_attn.qkv_proj.weight.shape) == (3072, 1024)

@@ -2,7 +2,7 @@
 
 Checked against independent facts, not earlier outputs: exact mixture counts (0.9/0.1 of an epoch of
 100), an uninterrupted epoch as the reference for a resumed one, the full id set for two ranks, the
-token counts of REFERENCE.md (Gundam 273 + (10h)(10w+1)) for the image spans in a batch.
+token counts of docs/FACTS.md "Image modes" (Gundam 273 + (10h)(10w+1)) for the image spans in a batch.
 """
 import collections
 import gc
@@ -202,7 +202,7 @@ def image_spans(batch, tok) -> list[int]:
 
 
 def test_collate_gundam_mixed_batch(tok):
-    # Aspect 2:1 -> 2x1 tiles, 1:3 -> 1x3 tiles, small -> global view only (REFERENCE.md's rule).
+    # Aspect 2:1 -> 2x1 tiles, 1:3 -> 1x3 tiles, small -> global view only (docs/FACTS.md "Gundam crop grids").
     records = [vision_record(0, (1400, 700)), text_record(1), vision_record(2, (700, 2100)), vision_record(3, (300, 200))]
     samples = [process_sample(r, tok, mode="gundam", max_seq_len=1024) for r in records]
     batch = collate(samples, pad_id=tok.pad_id)

@@ -1,7 +1,7 @@
 """Sharding NanoOCR with torch FSDP on CPU (2 ranks, gloo): wrap units, a training step with activation
 checkpointing, and generation through the sharded model (nanoocr.model.distributed.full_params).
 
-Composer's FSDP path hard-codes CUDA (STACK_NOTES "FSDP on CPU"), so this wraps the model with torch's
+Composer's FSDP path hard-codes CUDA (docs/FACTS.md "Stack facts"), so this wraps the model with torch's
 FullyShardedDataParallel exactly as Composer does (its `fsdp_wrap_fn` as the auto-wrap policy,
 use_orig_params, FULL_SHARD) and launches itself with torchrun: `python -m torch.distributed.run
 --nproc_per_node 2 tests/test_fsdp.py`. The pytest test below does that and checks the exit status.

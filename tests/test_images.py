@@ -1,4 +1,5 @@
-"""Image modes against REFERENCE.md's tables and pixels, decoding of odd modes, and every ImageError reason."""
+"""Image modes against docs/FACTS.md ("Image modes", "Gundam crop grids", "Pixels"), decoding of odd modes,
+and every ImageError reason."""
 import io
 import json
 import subprocess
@@ -12,7 +13,7 @@ from PIL import Image, ImageOps
 
 from nanoocr.data.images import MODES, ImageError, count_tokens, gundam_tiles, image_views, open_image, padded_box
 
-# REFERENCE.md "Gundam crop selection": (w, h) -> {max_crops: (tiles, crops, tokens)}, min_crops 2.
+# docs/FACTS.md "Gundam crop grids": (w, h) -> {max_crops: (tiles, crops, tokens)}, min_crops 2.
 GUNDAM_ROWS = {
     (640, 640): {6: ((1, 1), 0, 273), 9: ((1, 1), 0, 273)},
     (1000, 800): {6: ((2, 2), 4, 693), 9: ((2, 2), 4, 693)},
@@ -26,7 +27,7 @@ GUNDAM_ROWS = {
     (1280, 720): {6: ((2, 1), 2, 483), 9: ((2, 1), 2, 483)},
 }
 GUNDAM_CASES = [(w, h, m, *row) for (w, h), rows in GUNDAM_ROWS.items() for m, row in rows.items()]
-PLAIN_TOKENS = {"tiny": 73, "small": 111, "base": 273, "large": 421}  # REFERENCE.md "Modes" table
+PLAIN_TOKENS = {"tiny": 73, "small": 111, "base": 273, "large": 421}  # docs/FACTS.md "Image modes" table
 PAD = (127 / 255 - 0.5) / 0.5  # -0.0039216
 REFERENCE_NORMALIZE = T.Compose([T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3)])
 

@@ -1,4 +1,4 @@
-"""OCR metrics against worked examples computed by hand (REFERENCE.md, "Metric definitions").
+"""OCR metrics against worked examples computed by hand (docs/FACTS.md "Metric definitions").
 
 Every expected number below is derived in the comment next to it, never from the code under test.
 Lengths are Unicode code points. Chinese segmentation is pinned to the no-jieba fallback (single

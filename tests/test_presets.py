@@ -1,4 +1,4 @@
-"""Presets: full-size parameter counts (SPEC.md / REFERENCE.md numbers) on the meta device, overrides, CLI."""
+"""Presets: full-size parameter counts (docs/FACTS.md "Presets") on the meta device, overrides, CLI."""
 import json
 import subprocess
 import sys
@@ -11,7 +11,7 @@ from nanoocr.model.summary import summarize
 
 def test_full_preset_parameter_counts():
     params = summarize(build_config("full"))["params"]
-    assert abs(params["sam"] - 95.6e6) <= 0.5e6, params  # REFERENCE.md: SAM ViT-B 95.6M measured
+    assert abs(params["sam"] - 95.6e6) <= 0.5e6, params  # docs/FACTS.md "DeepEncoder": SAM ViT-B 95.6M measured
     assert abs(params["clip"] - 302.6e6) <= 0.5e6, params  # CLIP-L without its unused patch conv
     assert params["projector"] == 2048 * 1280 + 1280
     assert abs(params["gpt"] - 560e6) <= 0.02 * 560e6, params  # nanochat d20 (+1 vocab row)

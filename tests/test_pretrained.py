@@ -1,6 +1,6 @@
 """Weight loaders: the official DeepSeek-OCR layout (single file, sharded, torch file), reports, errors.
 
-The official key names are written here from REFERENCE.md's listing (prefix + the official module
+The official key names are written here from docs/FACTS.md "Official weight names" (prefix + the official module
 names, which our modules mirror), independently of the loader's own tables."""
 import json
 

@@ -32,7 +32,7 @@ def image_positions(sample, tok):
 
 
 @pytest.mark.parametrize("mode,size,tokens,tiles", [
-    ("base", (300, 200), 273, (1, 1)),  # REFERENCE.md token counts
+    ("base", (300, 200), 273, (1, 1)),  # docs/FACTS.md "Image modes" token counts
     ("tiny", (300, 200), 73, (1, 1)),
     ("gundam", (1000, 800), 693, (2, 2)),
 ])

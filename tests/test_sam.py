@@ -140,7 +140,7 @@ def test_full_size_parameter_count():
     with torch.device("meta"):
         model = SAMEncoder(SAMConfig())
     n = sum(p.numel() for p in model.parameters())
-    assert abs(n - 95.6e6) <= 0.5e6, n  # REFERENCE.md: 95.6M measured, net_2/net_3 included
+    assert abs(n - 95.6e6) <= 0.5e6, n  # docs/FACTS.md "DeepEncoder": 95.6M measured, net_2/net_3 included
     assert tuple(model.pos_embed.shape) == (1, 64, 64, 768)
     assert tuple(model.blocks[2].attn.rel_pos_h.shape) == (127, 64)  # global: 2 * 64 - 1 offsets
     assert tuple(model.blocks[0].attn.rel_pos_h.shape) == (27, 64)  # window: 2 * 14 - 1

@@ -1,4 +1,4 @@
-"""NanoOCR: token counts per mode (REFERENCE.md), the image-span layout, merge, errors."""
+"""NanoOCR: token counts per mode (docs/FACTS.md "Image modes"), the image-span layout, merge, errors."""
 import pytest
 import torch
 
@@ -36,7 +36,7 @@ def test_plain_mode_token_counts(model, mode, size, tokens):
 
 
 def test_gundam_token_counts_and_batching(model):
-    # REFERENCE.md (max 6): 1000x800 -> (2,2) 693, 2000x1000 -> (2,1) 483, 1000x2000 -> (1,2) 493,
+    # docs/FACTS.md "Gundam crop grids" (max 6): 1000x800 -> (2,2) 693, 2000x1000 -> (2,1) 483, 1000x2000 -> (1,2) 493,
     # 1700x2200 -> (2,3) 903, 640x640 -> (1,1) 273
     tiles = torch.tensor([[2, 2], [2, 1], [1, 2], [1, 1], [2, 3]])
     expected = [693, 483, 493, 273, 903]
