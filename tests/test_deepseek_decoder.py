@@ -2,8 +2,9 @@
 
 - transformers' DeepseekV2ForCausalLM (its MoE gate/experts, MLP, RMSNorm, decoder layer) with its MLA
   attention replaced by transformers' LlamaAttention + LlamaRotaryEmbedding (plain MHA, rotate-half rotary,
-  head_dim = hidden / heads), as ../shared/REFERENCE.md prescribes: its parameter names are the released
-  `model.layers.N.*` keys; its weights go through a released-layout safetensors file and OUR loader.
+  head_dim = hidden / heads; transformers 4.57's own DeepseekV2Attention is MLA-only): its parameter names
+  are the released `model.layers.N.*` keys; its weights go through a released-layout safetensors file and
+  OUR loader.
 - per-token loops written here for the MoE (norm_topk_prob, which transformers 4.57 does not implement)
   and the load-balancing loss (the official remote code's formulas, per sequence and per batch).
 Everything fp32 on CPU, a tiny config (hidden 64, 3 layers, 8 experts, top-2, 1 shared expert).
@@ -37,7 +38,7 @@ TINY_LANG = {
     "qk_rope_head_dim": 0, "rm_head": False, "topk_group": 1, "topk_method": "greedy",
     "torch_dtype": "bfloat16", "use_mla": False, "v_head_dim": 0, "vocab_size": 256,
 }
-# The released full-size decoder fields (REFERENCE.md, "DeepSeek-OCR's decoder").
+# The released full-size decoder fields (docs/FACTS.md "DeepSeek-OCR decoder").
 RELEASED_LANG = dict(TINY_LANG, hidden_size=1280, intermediate_size=6848, max_position_embeddings=8192,
                      moe_intermediate_size=896, n_routed_experts=64, n_shared_experts=2, num_attention_heads=10,
                      num_experts_per_tok=6, num_hidden_layers=12, num_key_value_heads=10, vocab_size=129280)
@@ -325,8 +326,8 @@ def test_config_mapping():
 
 
 def test_released_size():
-    """The released decoder's size, built on the meta device: 2.93B parameters (REFERENCE.md: 3.34B with
-    the 0.40B vision parts), ~570M active per token (matmul weights incl. lm_head)."""
+    """The released decoder's size, built on the meta device (docs/FACTS.md "DeepSeek-OCR decoder"): 2.93B
+    parameters (3.34B with the 0.40B vision parts), ~570M active per token (matmul weights incl. lm_head)."""
     with torch.device("meta"):
         decoder = DeepseekDecoder(DeepseekDecoderConfig())
     total = sum(p.numel() for p in decoder.parameters())
