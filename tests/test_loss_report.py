@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from nanoocr.eval.loss_report import main, read_series, report
+from nanoocr.eval.loss_report import ema_series, main, read_series, report
 
 
 def falling(n=100, start=8.0):
@@ -64,3 +64,15 @@ def test_cli_reads_metrics_jsonl(tmp_path, capsys):
     path.write_text(path.read_text() + "not json\n")
     with pytest.raises(ValueError, match="metrics.jsonl:104"):
         read_series(path)
+
+
+def test_ema_series_by_hand():
+    # e0 = 4; e1 = 0.5 * 4 + 0.5 * 2 = 3; e2 = 0.5 * 3 + 0.5 * 5 = 4; beta 0.9: e1 = 3.6 + 0.2 = 3.8
+    assert ema_series([4.0, 2.0, 5.0], 0.5) == [4.0, 3.0, 4.0]
+    assert ema_series([4.0, 2.0], 0.9) == pytest.approx([4.0, 3.8])
+    assert ema_series([]) == []
+    # report() judges this same curve: its EMA points are ema_series at the segment ends
+    train = falling(40)
+    smooth = ema_series([v for _, v in train], 0.9)
+    r = report(train, [], segments=4)
+    assert r["ema_points"] == [[s, round(smooth[s], 4)] for s in (0, 9, 19, 29, 39)]

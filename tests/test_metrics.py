@@ -10,6 +10,7 @@ import pytest
 
 from nanoocr.eval.metrics import (cer, edit_distance, edit_distance_omnidoc, exact_match, fox_scores,
                              normalize_omnidoc, score, summarize)
+from nanoocr.eval.metrics import LOWER_IS_BETTER, METRICS
 
 
 @pytest.fixture(autouse=True)
@@ -134,3 +135,12 @@ def test_summarize_means_over_pages():
     assert s["exact_match"] == pytest.approx(0.5)
     assert s["fox_f1"] == pytest.approx(0.5)  # (0 + 1)/2: {kitten} vs {sitting} share nothing
     assert summarize([])["n"] == 0
+
+
+def test_one_metric_list():
+    """METRICS is the list every report iterates: exactly score()'s keys, in its order, and summarize's."""
+    assert list(score("a b", "a c")) == list(METRICS)
+    assert list(summarize([score("a", "a")])) == [*METRICS, "n"]
+    assert LOWER_IS_BETTER == {"cer", "edit_distance", "edit_distance_omnidoc"} and LOWER_IS_BETTER <= set(METRICS)
+    from nanoocr.eval import evaluate
+    assert evaluate.METRICS is METRICS  # the evaluate table uses this list, not a copy

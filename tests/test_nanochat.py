@@ -38,6 +38,9 @@ def test_load_latest_step_same_logits(tmp_path):
     write_checkpoint(new, tmp_path, 650)
     model, meta, report = load_nanochat_with_report(tmp_path)
     assert report.step == 650 and meta["step"] == 650 and report.generation == "d20"
+    # the same LoadReport as the vision loaders: every tensor of the file loaded, nothing missing
+    assert report.loaded == len(new.state_dict()) and not report.missing and not report.unexpected
+    assert report.source.endswith("model_000650.pt") and "(step 650, d20 layout)" in report.summary()
     ids = torch.randint(0, 61, (2, 9))
     with torch.no_grad():
         model.transformer.wte.weight.copy_(new.transformer.wte.weight.bfloat16().float())

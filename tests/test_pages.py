@@ -73,6 +73,33 @@ def test_pick_pages_and_split_rules():
     assert filter_reason({"chars": 900, "ink_fraction": 0.6, "ink_per_char": 30}).startswith("too much ink")
 
 
+def test_bounded_map_keeps_order_and_bounds_what_is_in_flight():
+    """Both PDF paths (the `pdf:` source and this builder) render through data/pdf.py's bounded_map: results in
+    input order, never more than 4 * workers items submitted before the caller takes the results."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nanoocr.data.pdf import bounded_map
+    started, taken, lock, most = [], [0], threading.Lock(), [0]
+
+    def work(i):
+        with lock:
+            started.append(i)
+            most[0] = max(most[0], len(started) - taken[0])
+        time.sleep(0.001 * (i % 3))  # out-of-order completion
+        return i * i
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        out = []
+        for r in bounded_map(pool, work, list(range(37)), workers=2):
+            out.append(r)
+            with lock:
+                taken[0] += 1
+    assert out == [i * i for i in range(37)]
+    assert most[0] <= 8, most[0]
+
+
 def test_generated_pdfs(tmp_path):
     src = tmp_path / "pdfs"
     (src / "sub").mkdir(parents=True)

@@ -10,7 +10,8 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from nanoocr.model.clip import CLIPConfig, CLIPEncoder
-from nanoocr.model.pretrained import load_deepseek_vision, load_hf_sam, read_checkpoint
+from nanoocr.model.pretrained import (check_state_dict, load_deepseek_vision, load_hf_sam, read_checkpoint,
+                                      state_dict_diff)
 from nanoocr.model.sam import SAMConfig, SAMEncoder
 
 N_EMBD = 48
@@ -143,3 +144,22 @@ def test_bad_files(tmp_path):
     torch.save({"a": torch.zeros(1), "step": 3}, tmp_path / "x.pt")
     with pytest.raises(ValueError, match="flat dict of tensors"):
         read_checkpoint(tmp_path / "x.pt")
+
+
+def test_check_state_dict_names_every_difference():
+    """The one model-vs-tensors comparison (nanochat's loader and export.load_model use it): shapes from a module,
+    tensors or a safetensors header (tuples), every difference in one error, nothing when they match."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))  # 0.weight (4, 3), 0.bias, 1.weight (2, 4), 1.bias
+    same = {k: torch.zeros(v.shape) for k, v in model.state_dict().items()}
+    check_state_dict(model, same, "ok")  # no error
+    check_state_dict(model, {k: tuple(v.shape) for k, v in same.items()}, "header")
+    theirs = {**same, "0.weight": (4, 5), "2.weight": (1,)}
+    del theirs["1.bias"]
+    assert state_dict_diff(model, theirs) == (["1.bias"], ["2.weight"], ["0.weight"])
+    with pytest.raises(ValueError) as e:
+        check_state_dict(model, theirs, "f.safetensors does not match config.json")
+    assert str(e.value) == ("f.safetensors does not match config.json: shape mismatch for 0.weight: checkpoint (4, 5) "
+                            "vs model (4, 3); missing keys ['1.bias'], unexpected keys ['2.weight']")
+    many = {f"extra.{i}": (1,) for i in range(10)}
+    with pytest.raises(ValueError, match=r"unexpected keys \['extra\.0', .*\] and 2 more$"):
+        check_state_dict(model, {**same, **many}, "x")

@@ -117,7 +117,9 @@ BAD_RECORDS = {
     "two_users": ({"id": "rec-1", "image": None,
                    "messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]},
                   "expected 'assistant'"),
-    "no_messages": ({"id": "rec-1", "image": None, "messages": []}, "no messages"),
+    "no_messages": ({"id": "rec-1", "image": None, "messages": []}, "non-empty list"),
+    "ends_on_user": ({"id": "rec-1", "image": None, "messages": [{"role": "user", "content": "hello"}]},
+                     "no assistant answer"),
     "tag_in_answer": (record(png(20, 20), prompt="OCR", answer="<image>"), "first user message"),
     "corrupt_image": (record(b"\x89PNG\r\n\x1a\n garbage"), "image"),
 }
@@ -132,19 +134,25 @@ def test_bad_records_raise_with_reason(tok, case):
 
 
 def test_no_targets_under_assistant_loss(tok):
-    rec = {"id": "rec-1", "image": None, "messages": [{"role": "user", "content": "hello"}]}
-    assert process_sample(rec, tok, loss="all_text")["targets"].ne(-1).any()
+    """A truncation that cuts the answer off leaves no assistant target: the row is rejected under
+    loss=assistant (CE over zero targets is NaN), and kept under all_text (the prompt text is a target)."""
+    rec = record(None, prompt="hello world, describe the page " * 20)
+    assert process_sample(rec, tok, loss="all_text", max_seq_len=16)["targets"].ne(-1).any()
+    assert process_sample(rec, tok, loss="assistant")["targets"].ne(-1).any()  # untruncated: the answer is there
     with pytest.raises(SampleError, match="no target tokens"):
-        process_sample(rec, tok, loss="assistant")
+        process_sample(rec, tok, loss="assistant", max_seq_len=16)
 
 
 def test_a_huge_answer_is_never_tokenized_whole(tok, monkeypatch):
-    """A 50 MB answer: only what can reach the first max_seq_len + 1 tokens is tokenized, and the row equals
-    the one tokenizing everything would give (checked on a 200 kB answer, where tokenizing it all is cheap)."""
+    """An answer at the length limit (1 M characters): only what can reach the first max_seq_len + 1 tokens is
+    tokenized, and the row equals the one tokenizing everything would give (checked on a 200 kB answer, where
+    tokenizing it all is cheap). Beyond the limit (a 50 MB answer) the record is rejected by the conversation
+    check, as convert_to_mds rejects it, before any tokenization."""
     import random
     import time
 
     import nanoocr.data.processing as processing
+    from nanoocr.data.records import MAX_TEXT_CHARS
     rng = random.Random(0)
     words = ["Total", "EUR", "Thank", "you", "42.00", "page", "hello", "world,", "describe", "Free", "OCR."]
     text = " ".join(rng.choice(words) for _ in range(40_000))  # ~200 kB
@@ -170,7 +178,11 @@ def test_a_huge_answer_is_never_tokenized_whole(tok, monkeypatch):
     encode = tok.encode
     monkeypatch.setattr(tok, "encode", lambda s: seen.append(len(s)) or encode(s))
     t0 = time.perf_counter()
-    s = process_sample(record(answer="x" * 50_000_000, prompt="Free OCR."), tok, mode="tiny", max_seq_len=96)
+    s = process_sample(record(answer="x" * MAX_TEXT_CHARS, prompt="Free OCR."), tok, mode="tiny", max_seq_len=96)
     assert len(s["input_ids"]) == 96
     assert max(seen) <= 97 * tok.max_token_chars + 1024, max(seen)
+    seen.clear()
+    with pytest.raises(SampleError, match=f"{50_000_000} characters > limit {MAX_TEXT_CHARS}"):
+        process_sample(record(answer="x" * 50_000_000, prompt="Free OCR."), tok, mode="tiny", max_seq_len=96)
+    assert seen == [], "a rejected record was tokenized"
     assert time.perf_counter() - t0 < 5

@@ -74,9 +74,12 @@ def test_image_tag_becomes_one_image_id(tok):
     assert ids[p - 1] == tok.token_id("<|user_start|>")
     assert ids[p + 1: p + 1 + len(tok.encode("\nFree OCR."))] == tok.encode("\nFree OCR.")
     assert mask[p] == 0
-    # A tag in assistant text is not an image.
-    ids, _ = tok.render_conversation(conv(("user", "hi"), ("assistant", "<image>")))
-    assert tok.image_id not in ids
+    # A tag anywhere but the first user turn is not an image: the conversation check refuses it (as conversion
+    # and training do); a literal <|image|> in any text stays text.
+    with pytest.raises(ValueError, match="outside the first user message"):
+        tok.render_conversation(conv(("user", "hi"), ("assistant", "<image>")))
+    ids, _ = tok.render_conversation(conv(("user", "hi"), ("assistant", "<|image|> is a token")))
+    assert tok.image_id not in ids and tok.decode(ids).endswith("<|image|> is a token<|assistant_end|>")
 
 
 def test_render_for_completion(tok):
@@ -87,14 +90,14 @@ def test_render_for_completion(tok):
     assert prompt == ids[: len(prompt)], "the prompt must be a prefix of the full rendering"
 
 
-@pytest.mark.parametrize("messages", [
-    [("assistant", "hi")],
-    [("user", "a"), ("user", "b")],
-    [("system", "s"), ("assistant", "a")],
-    [],
+@pytest.mark.parametrize("messages,reason", [
+    ([("assistant", "hi")], "expected 'user'"),
+    ([("user", "a"), ("user", "b")], "expected 'assistant'"),
+    ([("system", "s"), ("assistant", "a")], "expected 'user'"),
+    ([], "non-empty list"),
 ])
-def test_render_rejects_bad_role_order(tok, messages):
-    with pytest.raises(ValueError):
+def test_render_rejects_bad_role_order(tok, messages, reason):
+    with pytest.raises(ValueError, match=reason):
         tok.render_conversation(conv(*messages))
 
 

@@ -187,6 +187,21 @@ def gundam_tiles(w: int, h: int, min_crops: int = 2, max_crops: int = 6) -> tupl
     return best
 
 
+PIXELS_PER_TOKEN = 64  # side of the square of pixels one vision vector stands for: 16 px patches, 4x compressor
+
+
+def layout_tokens(nq: int, tiles: tuple[int, int] = (1, 1), nc: int = TILE // PIXELS_PER_TOKEN) -> int:
+    """Vision vectors (= `<|image|>` positions) of one image whose global view is an nq x nq grid and whose
+    `tiles` (w, h) crops, unless (1, 1), are nc x nc grids stitched into one (nc*h) x (nc*w) grid: a newline
+    after every row of each grid, one view separator. The one formula of the token layout (module docstring):
+    `count_tokens` (modes) and `nanoocr.model.vlm.image_token_count` (a model config's grid) both use it."""
+    tokens = nq * (nq + 1) + 1
+    w_tiles, h_tiles = tiles
+    if (w_tiles, h_tiles) != (1, 1):
+        tokens += (nc * h_tiles) * (nc * w_tiles + 1)
+    return tokens
+
+
 def count_tokens(mode: str, size: tuple[int, int] | None = None, tiles: tuple[int, int] | None = None,
                  min_crops: int = 2, max_crops: int = 6) -> int:
     """Number of `<|image|>` positions one image takes in `mode`.
@@ -195,18 +210,12 @@ def count_tokens(mode: str, size: tuple[int, int] | None = None, tiles: tuple[in
     """
     assert mode in MODES, f"unknown image mode {mode!r}; expected one of {sorted(MODES)}"
     base_size, image_size, crop = MODES[mode]
-    nq = base_size // 64  # 16x16 patches, then 4x compression per side
-    tokens = nq * (nq + 1) + 1  # newline after every row, one view separator
     if not crop:
-        return tokens
+        return layout_tokens(base_size // PIXELS_PER_TOKEN)
     if tiles is None:
         assert size is not None, "gundam token count needs the image size or its tiles"
         tiles = gundam_tiles(size[0], size[1], min_crops, max_crops)
-    w_tiles, h_tiles = tiles
-    if (w_tiles, h_tiles) == (1, 1):
-        return tokens
-    nl = image_size // 64  # 10 per 640 tile
-    return tokens + (nl * h_tiles) * (nl * w_tiles + 1)
+    return layout_tokens(base_size // PIXELS_PER_TOKEN, tiles, image_size // PIXELS_PER_TOKEN)
 
 
 def is_stretched(mode: str) -> bool:

@@ -10,16 +10,23 @@ Notable features:
 - a broken PDF, a page that fails to render, or a page without a text layer (a scan) yields an error
   record `{"id", "source", "error": reason}` instead of raising, so a conversion reports it and goes on;
 - every poppler call has a timeout: a pathological PDF cannot hang a conversion.
+
+This is the one poppler wrapper (`sample` renders PDF pages and `tasks/olmocr.py` single-page PDFs through it).
+`nanoocr.eval.pages` is a second PDF ingestion path ON PURPOSE, built on this module's `page_count`,
+`page_record` and `bounded_map`: the `pdf:` source here converts EVERY page of the user's own PDFs, as they
+are (a page without text is a reported error record); pages.py builds a curated real-page set from
+documentation trees: `.pdf.gz` too, duplicate files once, only text-dominant pages, split by document.
 """
 from __future__ import annotations
 
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+from nanoocr.data.records import OCR_PROMPT, qa
 
 DPI = 144
-PROMPT = "<image>\nFree OCR."
 TIMEOUT_S = 120
 
 
@@ -70,8 +77,14 @@ def page_record(path, page: int, rid: str, dpi: int = DPI, source: str = "pdf") 
         return {"id": rid, "source": source, "error": f"PDF page failed: {e}"}
     if not text:
         return {"id": rid, "source": source, "error": "PDF page has no text layer (scanned or blank page)"}
-    return {"id": rid, "source": source, "image": png,
-            "messages": [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": text}]}
+    return qa(OCR_PROMPT, text, png, rid, source)
+
+
+def bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: list, workers: int) -> Iterator:
+    """`pool.map(fn, items)` in order, 4 * workers items at a time: Executor.map submits everything at once,
+    which would hold every rendered page in memory."""
+    for start in range(0, len(items), 4 * workers):
+        yield from pool.map(fn, items[start:start + 4 * workers])
 
 
 def pdf_pages(root, dpi: int = DPI, source: str = "pdf", workers: int = 1) -> Iterator[dict]:
@@ -88,7 +101,5 @@ def pdf_pages(root, dpi: int = DPI, source: str = "pdf", workers: int = 1) -> It
             except (PopplerError, ValueError) as e:
                 yield {"id": rel, "source": source, "error": f"unreadable PDF: {e}"}
                 continue
-            # Bounded chunks: Executor.map submits everything at once, which would hold every page in memory.
-            for first in range(1, n + 1, 4 * workers):
-                pages = range(first, min(n, first + 4 * workers - 1) + 1)
-                yield from pool.map(lambda p: page_record(path, p, f"{rel}#p{p}", dpi, source), pages)
+            yield from bounded_map(pool, lambda p: page_record(path, p, f"{rel}#p{p}", dpi, source),
+                                   list(range(1, n + 1)), workers)

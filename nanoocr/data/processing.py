@@ -1,8 +1,10 @@
 """One unified record -> model-ready tensors (ids, targets, pixels), or a SampleError with the reason.
 
 Notable features:
-- Self-contained validation (roles, empty messages, `<image>` tag vs image) so a bad record is a
-  clear reason in the loader's log, never a crash or a silent count mismatch inside the model.
+- Every record passes `records.check_conversation` (the one definition of a valid conversation, the same
+  check conversion ran: roles, an assistant answer last, empty or over-long messages, `<image>` tag vs
+  image), so a bad record is a clear reason in the loader's log, never a crash or a silent count mismatch
+  inside the model, and a record valid here is one `convert_to_mds` accepts and the other way round.
 - The single `<|image|>` id from `render_conversation` is expanded to the image's token count, which
   depends on the mode and, in Gundam, on the crop grid chosen for this image.
 - Loss policies: `all_text` (every text token is a target, DeepSeek-OCR mid-training) or `assistant`
@@ -21,7 +23,8 @@ import torch
 from PIL import Image
 
 from nanoocr.data.images import MAX_PIXELS, MODES, ImageError, image_views, open_image
-from nanoocr.data.tokenizer import IMAGE_TAG, Tokenizer
+from nanoocr.data.records import IMAGE_TAG, check_conversation, image_present
+from nanoocr.data.tokenizer import Tokenizer
 
 LOSS_POLICIES = ("all_text", "assistant")
 OVERFLOW_POLICIES = ("truncate", "drop")
@@ -29,33 +32,6 @@ OVERFLOW_POLICIES = ("truncate", "drop")
 
 class SampleError(ValueError):
     """A record that cannot become a training sample; the message says which record and why."""
-
-
-def validate_messages(messages, has_image: bool) -> None:
-    """Raise SampleError unless `messages` is [system?] user, assistant, user, ... with one `<image>` iff image."""
-    if not isinstance(messages, list) or not messages:
-        raise SampleError("no messages")
-    start = 1 if isinstance(messages[0], dict) and messages[0].get("role") == "system" else 0
-    for i, msg in enumerate(messages):
-        if not isinstance(msg, dict):
-            raise SampleError(f"message {i} is a {type(msg).__name__}, not a dict")
-        role, content = msg.get("role"), msg.get("content")
-        expected = "system" if i < start else ("user" if (i - start) % 2 == 0 else "assistant")
-        if role != expected:
-            raise SampleError(f"message {i} has role {role!r}, expected {expected!r}")
-        if not isinstance(content, str) or not content.strip():
-            raise SampleError(f"message {i} ({role}) is empty or not a string")
-    if len(messages) == start:
-        raise SampleError("system message without a user message")
-    tags = [msg["content"].count(IMAGE_TAG) for msg in messages]
-    if sum(tags) > 1:
-        raise SampleError(f"{sum(tags)} {IMAGE_TAG} tags; exactly one is supported")
-    if sum(tags) == 1 and tags[start] != 1:
-        raise SampleError(f"{IMAGE_TAG} must be in the first user message (found in message {tags.index(1)})")
-    if sum(tags) == 1 and not has_image:
-        raise SampleError(f"{IMAGE_TAG} in the text but the record has no image")
-    if sum(tags) == 0 and has_image:
-        raise SampleError(f"record has an image but no {IMAGE_TAG} tag in the text")
 
 
 def _load_image(image, max_pixels: int) -> Image.Image:
@@ -79,10 +55,10 @@ def process_sample(record: dict, tokenizer: Tokenizer, mode: str = "base", loss:
     assert overflow in OVERFLOW_POLICIES, f"unknown overflow policy {overflow!r}; expected one of {OVERFLOW_POLICIES}"
     rid = record.get("id", "<no id>")
     image = record.get("image")
-    has_image = image is not None and not (isinstance(image, (bytes, bytearray)) and len(image) == 0)
+    has_image = isinstance(image, Image.Image) or image_present(image)
     try:
-        validate_messages(record.get("messages"), has_image)
-        ids, mask = tokenizer.render_conversation(_cap_text(record["messages"], tokenizer, max_seq_len))
+        messages = check_conversation(record.get("messages"), has_image)  # RecordError: a ValueError
+        ids, mask = tokenizer.render_conversation(_cap_text(messages, tokenizer, max_seq_len))
         views = None
         if has_image:
             views = image_views(_load_image(image, max_pixels), mode, min_crops, max_crops, normalize)

@@ -1,17 +1,27 @@
-"""Validation of unified conversation records: the gate every sample passes before it becomes an MDS row.
+"""The unified conversation record: its format, the one check of a conversation, and the gate every sample
+passes before it becomes an MDS row.
 
 A record is `{"id": str, "source": str, "messages": [{"role", "content"}, ...], "image": bytes | path | None}`.
 `validate_record` returns the normalized record (image as the ORIGINAL bytes, never re-encoded unless a
 `max_side` downscale is asked for) or raises `RecordError(reason)` with a reason meant for a human reading
 `rejected.jsonl`.
 
-Notable features:
-- conversation shape: optional leading system message, then user/assistant alternating from user, ending
-  with the assistant (a sample without an answer has nothing to train on); no empty content, none longer
-  than MAX_TEXT_CHARS characters, and at most MAX_RECORD_CHARS over all the messages;
-- exactly one `<image>` tag, in the first user message, iff an image is present;
+This module is the one home of the format: `IMAGE_TAG` (what user text writes for the image), the
+training prompts (`OCR_PROMPT`, the default of export, transcription and every OCR source), `qa` (a
+one-turn record) and `check_conversation`, the ONE definition of a valid conversation, which conversion
+(`validate_record`), training (`processing.process_sample`) and rendering (`Tokenizer.render_conversation`)
+all call, so a conversation is valid for all three or for none:
+- an optional leading system message, then user/assistant alternating from the user, ending with the
+  assistant (a sample without an answer has nothing to train on); only a prompt rendered for completion
+  (`need_answer=False`) may end on the user;
+- no empty content, none longer than MAX_TEXT_CHARS characters, and at most MAX_RECORD_CHARS over all the
+  messages;
+- at most one `<image>` tag, in the first user message; exactly one iff an image is present (an image is
+  absent when it is None, b"" (how MDS stores "none") or "");
 - text must be valid UTF-8: bytes that don't decode and lone surrogates (what `json.loads` makes of
-  "\\udcff") are rejected with the byte/char offset;
+  "\\udcff") are rejected with the byte/char offset.
+
+Notable features of `validate_record`:
 - image paths stay inside the data root (`../`, absolute paths elsewhere and symlinks pointing out are
   rejected after `Path.resolve()`, which follows symlinks);
 - image files larger than `nanoocr.data.images.MAX_IMAGE_BYTES` are refused by their size before a byte is read
@@ -31,7 +41,12 @@ from PIL import Image
 
 from nanoocr.data.images import MAX_IMAGE_BYTES, MAX_PIXELS, ImageError, open_image, read_image_file
 
-IMAGE_TAG = "<image>"
+IMAGE_TAG = "<image>"  # what user text writes where the image goes; the tokenizer makes it one <|image|> id
+# The training prompts, shared by the real sources (tasks/, pdf.py) and the synthetic generators that stand in
+# for them; OCR_PROMPT is also what an export records and transcription uses by default.
+OCR_PROMPT = f"{IMAGE_TAG}\nFree OCR."
+TABLE_PROMPT = f"{IMAGE_TAG}\nConvert the table to HTML."
+FORMULA_PROMPT = f"{IMAGE_TAG}\nConvert the formula to LaTeX."
 # A dense printed page holds ~4000 characters: 1M is a book in one answer, beyond any sequence the model
 # trains on; a longer text is a broken or hostile record (a 50 MB answer), not an OCR sample.
 MAX_TEXT_CHARS = 1_000_000
@@ -58,8 +73,24 @@ def _check_text(text, where: str) -> str:
     return text
 
 
-def check_messages(messages) -> list[dict]:
-    """Normalized copy of `messages` ({"role", "content"} only), or RecordError."""
+def qa(prompt: str, answer, image=None, rid: str = "", source: str = "") -> dict:
+    """A one-turn record; a None answer becomes "" so validation reports it as empty, not as a type error."""
+    return {"id": rid, "source": source, "image": image,
+            "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer or ""}]}
+
+
+def image_present(image) -> bool:
+    """Whether a record's `image` field holds an image: None, b"" (MDS's "none") and "" (JSONL's) do not."""
+    return image is not None and not (isinstance(image, (str, bytes, bytearray)) and len(image) == 0)
+
+
+def check_conversation(messages, has_image: bool | None = None, need_answer: bool = True) -> list[dict]:
+    """Normalized copy of `messages` ({"role", "content"} only, str contents), or RecordError naming the problem.
+
+    The one definition of a valid conversation (the rules are in the module docstring). `has_image`: whether
+    the record has an image (None: not known here, e.g. a prompt being rendered; the tag's place and count
+    are still checked). `need_answer=False` only for a prompt rendered for completion: it may end on the user.
+    """
     if not isinstance(messages, list) or not messages:
         raise RecordError("messages must be a non-empty list")
     out = []
@@ -77,29 +108,29 @@ def check_messages(messages) -> list[dict]:
     total = sum(len(m["content"]) for m in out)
     if total > MAX_RECORD_CHARS:
         raise RecordError(f"messages too long: {total} characters in {len(out)} messages > limit {MAX_RECORD_CHARS}")
-    turns = out[1:] if out[0]["role"] == "system" else out
+    start = 1 if out[0]["role"] == "system" else 0
+    turns = out[start:]
     if not turns:
         raise RecordError("messages hold only a system message")
     for i, m in enumerate(turns):
         want = "user" if i % 2 == 0 else "assistant"
         if m["role"] != want:
-            idx = i + (len(out) - len(turns))
-            raise RecordError(f"wrong role order: message {idx} is '{m['role']}', expected '{want}'")
-    if turns[-1]["role"] != "assistant":
+            raise RecordError(f"wrong role order: message {i + start} is '{m['role']}', expected '{want}'")
+    if need_answer and turns[-1]["role"] != "assistant":
         raise RecordError("last message is from the user: no assistant answer to train on")
+    _check_image_tags(out, start, has_image)
     return out
 
 
-def check_image_tags(messages: list[dict], has_image: bool) -> None:
-    """Exactly one `<image>`, in the first user message, iff there is an image."""
-    first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
+def _check_image_tags(messages: list[dict], first_user: int, has_image: bool | None) -> None:
+    """At most one `<image>`, in the first user message; exactly one iff there is an image (when known)."""
     n_first = messages[first_user]["content"].count(IMAGE_TAG)
     n_total = sum(m["content"].count(IMAGE_TAG) for m in messages)
     if n_total != n_first:
         raise RecordError(f"{IMAGE_TAG} tag outside the first user message")
-    if has_image and n_first == 0:
+    if has_image is True and n_first == 0:
         raise RecordError(f"image but no {IMAGE_TAG} tag")
-    if not has_image and n_first > 0:
+    if has_image is False and n_first > 0:
         raise RecordError(f"{IMAGE_TAG} tag but no image")
     if n_first > 1:
         raise RecordError(f"{n_first} {IMAGE_TAG} tags (exactly one allowed)")
@@ -140,12 +171,11 @@ def validate_record(record: dict, data_root=None, max_pixels: int = MAX_PIXELS,
         raise RecordError(f"record must be a dict, got {type(record).__name__}")
     if record.get("error"):
         raise RecordError(str(record["error"]))
-    messages = check_messages(record.get("messages"))
     image = record.get("image")
     if image is not None and not isinstance(image, (bytes, bytearray, str, Path)):
         raise RecordError(f"image must be bytes or a path, got {type(image).__name__}")
-    has_image = image is not None and not (isinstance(image, str) and image == "")
-    check_image_tags(messages, has_image)
+    has_image = image_present(image)
+    messages = check_conversation(record.get("messages"), has_image)
     data = None
     if has_image:
         try:

@@ -32,7 +32,8 @@ from typing import Callable, Iterator
 
 from PIL import Image, ImageDraw, ImageFont
 
-OCR_PROMPT = "<image>\nFree OCR."
+from nanoocr.data.records import FORMULA_PROMPT, IMAGE_TAG, OCR_PROMPT, TABLE_PROMPT, qa
+
 DEJAVU = Path("/usr/share/fonts/truetype/dejavu")
 
 WORDS = ("apple river stone light green quiet north table window garden paper silver morning "
@@ -59,8 +60,7 @@ def png_bytes(img: Image.Image) -> bytes:
 
 
 def record(name: str, seed: int, i: int, img_png: bytes, prompt: str, answer: str) -> dict:
-    return {"id": f"{name}-s{seed}-{i:04d}", "source": f"synthetic:{name}", "image": img_png,
-            "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]}
+    return qa(prompt, answer, img_png, f"{name}-s{seed}-{i:04d}", f"synthetic:{name}")
 
 
 def sentence(rng: random.Random, lo: int, hi: int) -> str:
@@ -142,7 +142,7 @@ def chart(n: int, seed: int = 0) -> Iterator[dict]:
         data = _figure_png(fig)
         plt.close(fig)
         answer = "\n".join(["label | value"] + [f"{k} | {v}" for k, v in zip(labels, values)])
-        yield record("chart", seed, i, data, "<image>\nConvert the chart to a data table.", answer)
+        yield record("chart", seed, i, data, f"{IMAGE_TAG}\nConvert the chart to a data table.", answer)
 
 
 def table(n: int, seed: int = 0) -> Iterator[dict]:
@@ -163,8 +163,7 @@ def table(n: int, seed: int = 0) -> Iterator[dict]:
                 draw.text((x0 + 8, y0 + 8), text, font=fnt, fill="black")
         head = "<tr>" + "".join(f"<th>{t}</th>" for t in cells[0]) + "</tr>"
         body = "".join("<tr>" + "".join(f"<td>{t}</td>" for t in row) + "</tr>" for row in cells[1:])
-        yield record("table", seed, i, png_bytes(img), "<image>\nConvert the table to HTML.",
-                     f"<table>{head}{body}</table>")
+        yield record("table", seed, i, png_bytes(img), TABLE_PROMPT, f"<table>{head}{body}</table>")
 
 
 def _random_formula(rng: random.Random) -> str:
@@ -193,7 +192,7 @@ def formula(n: int, seed: int = 0) -> Iterator[dict]:
         fig.text(0.5, 0.5, f"${latex}$", fontsize=rng.randint(18, 26), ha="center", va="center")
         data = _figure_png(fig)
         plt.close(fig)
-        yield record("formula", seed, i, data, "<image>\nConvert the formula to LaTeX.", latex)
+        yield record("formula", seed, i, data, FORMULA_PROMPT, latex)
 
 
 def overfit10(n: int = 10, seed: int = 0) -> Iterator[dict]:

@@ -7,7 +7,9 @@ Notable features:
   is encoded as ordinary bytes, so data cannot forge image positions or turn boundaries.
 - `render_conversation(conv) -> (ids, mask)` exactly like nanochat (bos, user/assistant turns, mask 1
   on assistant content and <|assistant_end|>, a leading system message merged into the first user
-  message); `<image>` in user text becomes ONE `<|image|>` id (processing expands it).
+  message); `<image>` in user text becomes ONE `<|image|>` id (processing expands it). What it renders
+  must pass `records.check_conversation` (the one definition of a valid conversation; a prompt for
+  completion may end on the user turn), so rendering accepts exactly what conversion and training accept.
 - `load_nanochat_tokenizer(dir)` reads nanochat's tokenizer.pkl (a pickled tiktoken Encoding) through
   a restricted unpickler that resolves a single class and rejects everything else, keeps every id,
   and appends `<|image|>` as the next id when missing. It can be saved back as plain text files
@@ -17,7 +19,6 @@ Notable features:
 from __future__ import annotations
 
 import base64
-import copy
 import functools
 import io
 import json
@@ -31,6 +32,8 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
 
+from nanoocr.data.records import IMAGE_TAG, check_conversation
+
 SPECIAL_TOKENS = [
     "<|bos|>",  # every document starts with it
     "<|user_start|>", "<|user_end|>",
@@ -39,7 +42,6 @@ SPECIAL_TOKENS = [
     "<|output_start|>", "<|output_end|>",
     "<|image|>",  # one position per vision vector
 ]
-IMAGE_TAG = "<image>"  # what datasets write in user text; becomes <|image|>
 # nanochat's GPT-4-style split: \p{N}{1,2} instead of {1,3} to spend fewer tokens on numbers.
 SPLIT_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
                  r"""|\s*[\r\n]|\s+(?!\S)|\s+""")
@@ -120,19 +122,17 @@ class Tokenizer:
     def render_conversation(self, conv: dict | list) -> tuple[list[int], list[int]]:
         """Conversation -> (ids, mask); mask 1 on what the assistant must produce (nanochat's rule).
 
-        `conv` is {"messages": [...]} or the message list. Raises ValueError on a malformed one.
+        `conv` is {"messages": [...]} or the message list; a RecordError (a ValueError) names what makes it
+        invalid (`records.check_conversation`). It may end on the user turn: that is a prompt (training
+        checks for the answer itself, in `processing.process_sample`).
         """
-        messages = _merge_system(conv["messages"] if isinstance(conv, dict) else conv)
+        messages = _merge_system(check_conversation(conv["messages"] if isinstance(conv, dict) else conv,
+                                                    need_answer=False))
         ids, mask = [self.bos_id], [0]
         user_start, user_end = self.token_id("<|user_start|>"), self.token_id("<|user_end|>")
         asst_start, asst_end = self.token_id("<|assistant_start|>"), self.token_id("<|assistant_end|>")
-        for i, msg in enumerate(messages):
-            role, content = msg.get("role"), msg.get("content")
-            expected = "user" if i % 2 == 0 else "assistant"
-            if role != expected:
-                raise ValueError(f"message {i} has role {role!r}, expected {expected!r} (user/assistant alternate)")
-            if not isinstance(content, str):
-                raise ValueError(f"message {i} content must be a string, got {type(content).__name__}")
+        for msg in messages:  # user, assistant, user, ... (checked above)
+            role, content = msg["role"], msg["content"]
             if role == "user":
                 body = self.encode_user(content)
                 ids += [user_start, *body, user_end]
@@ -146,7 +146,7 @@ class Tokenizer:
     def render_for_completion(self, conv: dict | list) -> list[int]:
         """Prompt ids ending in <|assistant_start|>; a trailing assistant message (the answer) is dropped."""
         messages = list(conv["messages"] if isinstance(conv, dict) else conv)
-        if messages and messages[-1].get("role") == "assistant":
+        if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
             messages = messages[:-1]
         ids, _ = self.render_conversation(messages)
         return ids + [self.token_id("<|assistant_start|>")]
@@ -187,17 +187,12 @@ class Tokenizer:
         return cls(HFTokenizer.from_file(str(path)))
 
 
-def _merge_system(messages: list) -> list:
-    """nanochat's surgery: a leading system message is prepended to the first user message."""
-    if not messages:
-        raise ValueError("conversation has no messages")
-    if messages[0].get("role") != "system":
+def _merge_system(messages: list[dict]) -> list[dict]:
+    """nanochat's surgery: a leading system message is prepended to the first user message (which a checked
+    conversation has right after it)."""
+    if messages[0]["role"] != "system":
         return messages
-    if len(messages) < 2 or messages[1].get("role") != "user":
-        raise ValueError("a system message must be followed by a user message")
-    merged = copy.deepcopy(messages[1])
-    merged["content"] = f"{messages[0]['content']}\n\n{messages[1]['content']}"
-    return [merged, *messages[2:]]
+    return [{**messages[1], "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}, *messages[2:]]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,10 +38,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from nanoocr.eval.metrics import LOWER_IS_BETTER, METRICS
+
 OUTPUTS = ("per_sample.jsonl", "skipped.jsonl", "summary.json", "summary.md")  # the file set evaluate writes
-METRICS = ["exact_match", "cer", "edit_distance", "edit_distance_omnidoc", "fox_precision", "fox_recall", "fox_f1"]
-# Which direction is better, for the table: readers should not have to remember that CER is an error rate.
-LOWER_IS_BETTER = {"cer", "edit_distance", "edit_distance_omnidoc"}
 
 
 def load_records(spec: str, limit: int | None = None) -> tuple[list[dict], Path | None]:

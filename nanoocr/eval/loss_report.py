@@ -39,16 +39,26 @@ def read_series(path: str | Path) -> tuple[list[tuple[int, float]], list[tuple[i
     return sorted(train.items()), sorted(evals.items())
 
 
+def ema_series(values, beta: float = 0.9) -> list[float]:
+    """The exponential moving average after each value, seeded with the first one (so it needs no bias
+    correction): e[0] = v[0], e[i] = beta * e[i-1] + (1 - beta) * v[i]. The one smoothing of a loss curve,
+    drawn by train/callbacks.py's LossCurve and judged here, so the plot and the report show the same line."""
+    out: list[float] = []
+    for v in values:
+        out.append(v if not out else beta * out[-1] + (1 - beta) * v)
+    return out
+
+
 def report(train: list[tuple[int, float]], evals: list[tuple[int, float]], warmup: int = 0,
            ema: float = 0.9, segments: int = 10, spike: float = 1.5) -> dict:
     if len(train) < 2:
         raise ValueError(f"need at least 2 train losses, got {len(train)}")
-    smooth, prev, worst = [], None, (0.0, None)
-    for step, loss in train:
-        if prev is not None and step >= warmup and loss / prev > worst[0]:
-            worst = (loss / prev, step)
-        prev = loss if prev is None else ema * prev + (1 - ema) * loss
-        smooth.append((step, prev))
+    steps, losses = zip(*train)
+    smooth = list(zip(steps, ema_series(losses, ema)))
+    worst = (0.0, None)
+    for (step, loss), (_, before) in zip(train[1:], smooth):  # each loss against the EMA of the batches before it
+        if step >= warmup and loss / before > worst[0]:
+            worst = (loss / before, step)
     after = [(s, v) for s, v in smooth if s >= warmup]
     if len(after) < segments:
         raise ValueError(f"only {len(after)} train losses after warmup {warmup}; need >= {segments} segments")

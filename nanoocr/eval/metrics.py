@@ -20,6 +20,11 @@ import unicodedata
 
 from rapidfuzz.distance import Levenshtein
 
+# Every metric `score` computes, in report order: the one list summaries, tables and callers iterate.
+METRICS = ("exact_match", "cer", "edit_distance", "edit_distance_omnidoc", "fox_precision", "fox_recall", "fox_f1")
+# Which direction is better, for tables: readers should not have to remember that CER is an error rate.
+LOWER_IS_BETTER = frozenset({"cer", "edit_distance", "edit_distance_omnidoc"})
+
 
 def exact_match(pred: str, gt: str) -> float:
     return float(pred.strip() == gt.strip())
@@ -118,21 +123,14 @@ def fox_scores(pred: str, gt: str) -> tuple[float, float, float]:
 def score(pred: str, gt: str) -> dict[str, float]:
     """Every metric for one (prediction, ground truth) pair."""
     precision, recall, f1 = fox_scores(pred, gt)
-    return {
-        "exact_match": exact_match(pred, gt),
-        "cer": cer(pred, gt),
-        "edit_distance": edit_distance(pred, gt),
-        "edit_distance_omnidoc": edit_distance_omnidoc(pred, gt),
-        "fox_precision": precision,
-        "fox_recall": recall,
-        "fox_f1": f1,
-    }
+    values = (exact_match(pred, gt), cer(pred, gt), edit_distance(pred, gt), edit_distance_omnidoc(pred, gt),
+              precision, recall, f1)
+    return dict(zip(METRICS, values, strict=True))
 
 
 def summarize(rows: list[dict[str, float]]) -> dict[str, float]:
     """Mean of each metric over samples (pages), plus n."""
-    keys = ["exact_match", "cer", "edit_distance", "edit_distance_omnidoc", "fox_precision", "fox_recall", "fox_f1"]
     n = len(rows)
-    out = {k: (sum(r[k] for r in rows) / n if n else 0.0) for k in keys}
+    out = {k: (sum(r[k] for r in rows) / n if n else 0.0) for k in METRICS}
     out["n"] = n
     return out

@@ -17,7 +17,8 @@ Notable features:
 - every `*.pdf` and `*.pdf.gz` under DIR (Debian compresses documentation; .gz files are unpacked to a
   temporary folder), duplicates (the same bytes under two names, e.g. a package's compatibility
   symlinks) read once; page image (`pdftoppm`, 144 dpi) and text (`pdftotext`, reading order) from
-  `nanoocr.data.pdf`, rendered by --workers concurrent poppler processes;
+  `nanoocr.data.pdf`, rendered by --workers concurrent poppler processes (this builder is the curated
+  counterpart of the `pdf:` conversion source, which keeps every page: see `nanoocr.data.pdf`);
 - split BY DOCUMENT (no document in both train and val): documents are shuffled with --seed and put into
   val first-fit while they fit in val-fraction of the pages (the smallest document when none fits), so a
   model is validated on manuals it never saw, not on neighbouring pages of the same manual;
@@ -179,19 +180,17 @@ def classify_page(path: Path, page: int, rid: str, dpi: int) -> tuple[dict | Non
 def kept_pages(docs: list[tuple[str, Path, list[int]]], dpi: int, workers: int, filtered: list,
                counts: dict) -> Iterator[dict]:
     """Records of the text-dominant pages of `docs`; filtered pages go to `filtered`, counts per document."""
+    from nanoocr.data.pdf import bounded_map
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for doc, path, pages in docs:
-            # Bounded chunks: Executor.map submits everything at once, which would hold every page in memory.
-            for start in range(0, len(pages), 4 * workers):
-                chunk = pages[start:start + 4 * workers]
-                for rec, rej in pool.map(lambda p: classify_page(path, p, f"{doc}#p{p}", dpi), chunk):
-                    counts[doc]["read"] += 1
-                    if rej:
-                        filtered.append({**rej, "document": doc})
-                        counts[doc]["filtered"] += 1
-                    else:
-                        counts[doc]["written"] += 1
-                        yield rec
+            for rec, rej in bounded_map(pool, lambda p: classify_page(path, p, f"{doc}#p{p}", dpi), pages, workers):
+                counts[doc]["read"] += 1
+                if rej:
+                    filtered.append({**rej, "document": doc})
+                    counts[doc]["filtered"] += 1
+                else:
+                    counts[doc]["written"] += 1
+                    yield rec
 
 
 def build(pdf_dir: Path, out: Path, max_pages: int | None = None, val_fraction: float = 0.1, seed: int = 0,

@@ -50,8 +50,9 @@ def main(argv=None) -> int:
         ap.error(f"--page must be >= 1 (pages are numbered from 1), got {args.page}")
     if args.mode is not None and args.mode not in MODES:
         ap.error(f"--mode must be one of {', '.join(sorted(MODES))}, got {args.mode!r}")
-    if args.prompt is not None and args.prompt.count("<image>") != 1:
-        ap.error(f"--prompt must contain <image> exactly once, got {args.prompt!r}")
+    from nanoocr.data.records import IMAGE_TAG
+    if args.prompt is not None and args.prompt.count(IMAGE_TAG) != 1:
+        ap.error(f"--prompt must contain {IMAGE_TAG} exactly once, got {args.prompt!r}")
     if not 1 <= args.max_new_tokens <= MAX_NEW_TOKENS:
         ap.error(f"--max-new-tokens must be in 1..{MAX_NEW_TOKENS}, got {args.max_new_tokens}")
 

@@ -1,7 +1,7 @@
 """Image(s) → text with a trained NanoOCR: prompt building, batched greedy generation, scoring.
 
 Used by the end-of-run evaluation, the GenerationEval callback, `nanoocr.eval.sample` and `nanoocr.eval.evaluate`.
-No Composer here. The prompt is the user turn of the training conversations ("<image>\\nFree OCR." by
+No Composer here. The prompt is the user turn of the training conversations (`records.OCR_PROMPT` by
 default) rendered for completion, with the single <|image|> expanded to the image's token count.
 """
 from __future__ import annotations
@@ -18,8 +18,7 @@ from nanoocr.model.engine import Engine
 from nanoocr.data.images import MODES, image_views, open_image
 from nanoocr.eval.metrics import score, summarize
 from nanoocr.data.processing import expand_image
-
-DEFAULT_PROMPT = "<image>\nFree OCR."
+from nanoocr.data.records import IMAGE_TAG, OCR_PROMPT
 
 
 class ExportError(ValueError):
@@ -50,11 +49,11 @@ def load_export(directory: str | Path, device: str = "cpu"):
             reason = f"{directory}: {_FILE_OF_ERROR.get(type(e).__name__, 'not a usable export')}: {reason}"
         raise ExportError(reason) from None
     # meta comes from the same untrusted config.json: a bad mode or prompt would trip an assert mid-generation.
-    meta = {**meta, "mode": meta.get("mode", "base"), "prompt": meta.get("prompt", DEFAULT_PROMPT)}
+    meta = {**meta, "mode": meta.get("mode", "base"), "prompt": meta.get("prompt", OCR_PROMPT)}
     if not (isinstance(meta["mode"], str) and meta["mode"] in MODES):
         raise ExportError(f"{directory}/config.json: mode {meta['mode']!r} is not one of {sorted(MODES)}")
-    if not (isinstance(meta["prompt"], str) and meta["prompt"].count("<image>") == 1):
-        raise ExportError(f"{directory}/config.json: prompt {meta['prompt']!r} must hold <image> exactly once")
+    if not (isinstance(meta["prompt"], str) and meta["prompt"].count(IMAGE_TAG) == 1):
+        raise ExportError(f"{directory}/config.json: prompt {meta['prompt']!r} must hold {IMAGE_TAG} exactly once")
     return model, tokenizer, meta
 
 
@@ -62,13 +61,13 @@ def build_prompt(tokenizer, image: Image.Image, prompt: str, mode: str, min_crop
     """→ (prompt ids with the image span expanded, ImageViews)."""
     views = image_views(image, mode, min_crops, max_crops)
     ids = tokenizer.render_for_completion({"messages": [{"role": "user", "content": prompt}]})
-    assert ids.count(tokenizer.image_id) == 1, f"the prompt must hold exactly one <image>, got: {prompt!r}"
+    assert ids.count(tokenizer.image_id) == 1, f"the prompt must hold exactly one {IMAGE_TAG}, got: {prompt!r}"
     ids, _ = expand_image(ids, [0] * len(ids), tokenizer.image_id, views.tokens)
     return ids, views
 
 
 @torch.no_grad()
-def transcribe(model, tokenizer, images: list, prompt: str = DEFAULT_PROMPT, mode: str = "base",
+def transcribe(model, tokenizer, images: list, prompt: str = OCR_PROMPT, mode: str = "base",
                max_new_tokens: int = 512, batch_size: int = 8, min_crops: int = 2, max_crops: int = 6,
                **generate_kwargs) -> list[str]:
     """Greedy transcription of PIL images (or bytes/paths), `batch_size` images per generate call.

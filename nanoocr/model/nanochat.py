@@ -13,7 +13,8 @@ GPTConfig fields). Two generations load (nanoocr/model/gpt.py has both layouts):
 Notable features:
 - the latest step is picked when none is given; files are loaded with `weights_only=True`
 - nothing is loaded that is not understood: an unknown meta key, a shape mismatch, a missing or an
-  unexpected tensor is a ValueError naming them (no partial, warning-only load)
+  unexpected tensor is a ValueError naming them (no partial, warning-only load; the comparison is
+  `nanoocr.model.pretrained.check_state_dict`, and the report its `LoadReport`)
 - `extend_vocab` adds rows for new special tokens (`<|image|>`) keeping every old row bit-identical,
   also in the padded layout (re-padded to the multiple)
 Checkpoints of nanochat between 2c4473d and a825e63 (2026-01..03: windows and lambdas but no smear,
@@ -23,7 +24,7 @@ other gate sizes) fail the tensor check and are refused.
 import json
 import logging
 import re
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -31,6 +32,7 @@ import torch.nn as nn
 
 from nanoocr.model.checkpoint import torch_load_safe
 from nanoocr.model.gpt import GPT, GPTConfig
+from nanoocr.model.pretrained import LoadReport, check_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +48,6 @@ NEW_TENSORS = ("resid_lambdas", "x0_lambdas", "smear_gate.", "smear_lambda", "ba
 # GPTConfig fields that change the function a checkpoint computes (attn_impl/embed_impl do not).
 ARCH_FIELDS = ("n_layer", "n_head", "n_kv_head", "n_embd", "layout", "window_pattern", "rotary_base",
                "qk_scale", "softcap", "pad_vocab_size_to")
-
-
-@dataclass
-class LoadReport:
-    step: int
-    generation: str  # "d20" | "2026"
 
 
 def find_step(checkpoint_dir):
@@ -100,19 +96,12 @@ def gpt_config_from_meta(meta, state_dict=None, **overrides):
     return GPTConfig(**{**GENERATIONS[generation_of(meta, state_dict)], **model_config, **overrides})
 
 
-def load_state_dict_checked(model, state_dict, what="checkpoint"):
-    """load_state_dict with nanoocr's checks: shapes (error naming key and both shapes), then missing and
-    unexpected keys (error naming them). Either every tensor loads or nothing does."""
-    own = model.state_dict()
-    for key, value in state_dict.items():
-        if key in own and tuple(own[key].shape) != tuple(value.shape):
-            raise ValueError(f"{what}: shape mismatch for {key}: checkpoint {tuple(value.shape)} "
-                             f"vs model {tuple(own[key].shape)}")
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    if missing or unexpected:
-        raise ValueError(f"{what}: missing keys {missing}, unexpected keys {unexpected}")
+def load_state_dict_checked(model, state_dict, what="checkpoint") -> int:
+    """load_state_dict after `check_state_dict` (every difference named in one error): either every tensor
+    loads or nothing does. Returns the number of tensors loaded."""
+    check_state_dict(model, state_dict, what)
     model.load_state_dict(state_dict)
+    return len(state_dict)
 
 
 def _read_checkpoint(checkpoint_dir, step):
@@ -145,9 +134,9 @@ def load_nanochat_with_report(checkpoint_dir, step=None, **config_overrides):
     model = GPT(config)
     model.init_weights()  # the rotary tables (every parameter is then overwritten by the checkpoint)
     # nanochat keeps wte (and value embeddings) in bf16 on GPU; load_state_dict copies into our fp32 params
-    load_state_dict_checked(model, state_dict, what=str(model_path))
+    loaded = load_state_dict_checked(model, state_dict, what=str(model_path))
     log.info("loaded %s (step %d, nanochat %s layout): %s", model_path, step, config.layout, config)
-    return model, meta, LoadReport(step, config.layout)
+    return model, meta, LoadReport(source=str(model_path), loaded=loaded, step=step, generation=config.layout)
 
 
 def load_nanochat(checkpoint_dir, step=None, **config_overrides):

@@ -9,7 +9,12 @@ Notable features:
   directory as written by HF `save_pretrained` (model.safetensors, sharded model.safetensors.index.json,
   or pytorch_model.bin[.index.json]). From sharded safetensors only the needed tensors are read, so
   loading the vision part of a 3B-parameter checkpoint does not read the language model.
-- Every loader returns a `LoadReport` (loaded count, missing, unexpected, notes) and prints a summary.
+- Every loader returns a `LoadReport` (loaded count, missing, unexpected, notes) and prints a summary;
+  `nanoocr.model.nanochat` returns the same report (with the checkpoint's step and layout generation).
+- `check_state_dict` is the one comparison of a model with a set of tensors (missing, unexpected, wrong
+  shapes, all named in one error): nanochat's loader and `nanoocr.train.export.load_model` use it as is;
+  the vision loaders here use its `state_dict_diff` but load PARTIALLY on purpose (SAM checkpoints lack
+  net_2/net_3), so for them only a shape mismatch always raises and `strict` decides about the rest.
   Nothing is silently dropped: keys that are unused by design (CLIP's patch conv and post-layernorm,
   position_ids) are listed in the notes; keys of other parts (SAM prompt encoder, CLIP text tower, the
   LM) are counted in the notes; net_2/net_3, absent from SAM checkpoints, are reported as missing.
@@ -29,14 +34,18 @@ import torch.nn as nn
 
 @dataclass
 class LoadReport:
+    """What a pretrained-weight loader did (every loader: the vision ones here and nanochat's)."""
     source: str
     loaded: int = 0
     missing: list[str] = field(default_factory=list)  # our parameter names left untouched
     unexpected: list[str] = field(default_factory=list)  # checkpoint keys in the loaded namespace we could not place
     notes: list[str] = field(default_factory=list)
+    step: int | None = None  # a nanochat checkpoint's training step
+    generation: str | None = None  # a nanochat checkpoint's layout: "d20" | "2026"
 
     def summary(self) -> str:
-        lines = [f"loaded {self.loaded} tensors from {self.source}; "
+        where = self.source if self.step is None else f"{self.source} (step {self.step}, {self.generation} layout)"
+        lines = [f"loaded {self.loaded} tensors from {where}; "
                  f"missing {len(self.missing)}; unexpected {len(self.unexpected)}"]
         if self.missing:
             lines.append(f"  missing: {', '.join(self.missing)}")
@@ -44,6 +53,44 @@ class LoadReport:
             lines.append(f"  unexpected: {', '.join(self.unexpected)}")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# Comparing a model with a state dict
+
+def _shapes(tensors) -> dict[str, tuple[int, ...]]:
+    """{key: shape} of a module's state dict, or of a {key: tensor | shape} map (e.g. a safetensors header)."""
+    if isinstance(tensors, nn.Module):
+        tensors = tensors.state_dict()
+    return {k: tuple(v.shape) if hasattr(v, "shape") else tuple(v) for k, v in tensors.items()}
+
+
+def state_dict_diff(ours, theirs) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, wrong_shape) keys, each sorted: `ours` (a module, or {key: tensor | shape}) against
+    `theirs` ({key: tensor | shape}, what a file holds)."""
+    ours, theirs = _shapes(ours), _shapes(theirs)
+    return (sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours)),
+            sorted(k for k in set(ours) & set(theirs) if ours[k] != theirs[k]))
+
+
+def _listed(keys: list[str], most: int = 8) -> str:
+    return str(keys) if len(keys) <= most else f"{keys[:most]} and {len(keys) - most} more"
+
+
+def check_state_dict(ours, theirs, what: str) -> None:
+    """ValueError naming every difference (wrong shapes first, then missing and unexpected keys) unless
+    `theirs` has exactly the keys and shapes of `ours` (arguments as `state_dict_diff`). Nothing is loaded here:
+    a caller that checks first loads either every tensor or none."""
+    missing, unexpected, wrong = state_dict_diff(ours, theirs)
+    if not (missing or unexpected or wrong):
+        return
+    ours, theirs = _shapes(ours), _shapes(theirs)
+    parts = [f"shape mismatch for {k}: checkpoint {theirs[k]} vs model {ours[k]}" for k in wrong[:3]]
+    if len(wrong) > 3:
+        parts.append(f"and {len(wrong) - 3} more shape mismatches")
+    if missing or unexpected:
+        parts.append(f"missing keys {_listed(missing)}, unexpected keys {_listed(unexpected)}")
+    raise ValueError(f"{what}: " + "; ".join(parts))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -95,23 +142,24 @@ def read_checkpoint(path: str | Path, want=lambda key: True) -> tuple[dict[str, 
     return out, len(sd) - len(out)
 
 
-def _assign(module: nn.Module, tensors: dict[str, tuple[str, torch.Tensor]], report: LoadReport,
+def _assign(own: dict[str, torch.Tensor], tensors: dict[str, tuple[str, torch.Tensor]], report: LoadReport,
             known_absent: tuple[str, ...] = ()) -> None:
-    """Copy {our_key: (checkpoint_key, tensor)} into module; fill loaded/missing on the report."""
-    own = dict(module.state_dict(keep_vars=True))
-    for ours, (theirs, t) in tensors.items():
-        if ours not in own:
-            report.unexpected.append(theirs)
-            continue
-        if tuple(own[ours].shape) != tuple(t.shape):
-            raise ValueError(f"shape mismatch for {theirs} -> {ours}: checkpoint {tuple(t.shape)} "
-                             f"vs model {tuple(own[ours].shape)}")
+    """Copy {our_key: (checkpoint_key, tensor)} into `own` (a module's state_dict(keep_vars=True), or named
+    parameters); fill loaded/missing/unexpected on the report. A wrong shape raises before anything is copied."""
+    missing, unexpected, wrong = state_dict_diff(own, {k: t for k, (_, t) in tensors.items()})
+    if wrong:
+        ours = wrong[0]
+        theirs, t = tensors[ours]
+        raise ValueError(f"shape mismatch for {theirs} -> {ours}: checkpoint {tuple(t.shape)} "
+                         f"vs model {tuple(own[ours].shape)}" + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""))
+    report.unexpected += [tensors[k][0] for k in unexpected]
     with torch.no_grad():
         for ours, (_, t) in tensors.items():
             if ours in own:
                 own[ours].copy_(t.to(own[ours].dtype))
                 report.loaded += 1
-    report.missing += [k for k in own if k not in tensors]
+    missing = set(missing)
+    report.missing += [k for k in own if k in missing]  # in the model's order
     absent = [k for k in report.missing if k.startswith(known_absent)] if known_absent else []
     if absent:
         report.notes.append(f"not in this checkpoint, left at random init: {', '.join(absent)}")
@@ -165,7 +213,7 @@ def load_hf_sam(sam: nn.Module, path: str | Path, strict: bool = True) -> LoadRe
     for key, t in tensors.items():
         if key.startswith(prefix):
             mapped[_rename(key[len(prefix):], SAM_HF_RENAMES)] = (key, t)
-    _assign(sam, mapped, report, known_absent=("net_2.", "net_3."))
+    _assign(dict(sam.state_dict(keep_vars=True)), mapped, report, known_absent=("net_2.", "net_3."))
     return _finish(report, "load_hf_sam", strict, allowed_missing=("net_2.", "net_3."))
 
 
@@ -206,7 +254,7 @@ def load_hf_clip(clip: nn.Module, path: str | Path, strict: bool = True) -> Load
         fused = torch.cat([parts[c][1] for c in "qkv"], dim=0)  # (3D, D) or (3D,)
         name = f"vision_model.encoder.layers.{layer}.self_attn.{{q,k,v}}_proj.{kind}"
         mapped[f"transformer.layers.{layer}.self_attn.qkv_proj.{kind}"] = (name, fused)
-    _assign(clip, mapped, report)
+    _assign(dict(clip.state_dict(keep_vars=True)), mapped, report)
     return _finish(report, "load_hf_clip", strict)
 
 
@@ -249,20 +297,10 @@ def load_deepseek_vision(model: nn.Module, path: str | Path, strict: bool = True
         report.notes.append(f"unused by design, not loaded: {', '.join(sorted(ignored))}")
     for attr, part in per_part.items():
         sub = LoadReport(source=report.source)
-        _assign(getattr(model, attr), part, sub)
+        _assign(dict(getattr(model, attr).state_dict(keep_vars=True)), part, sub)
         report.loaded += sub.loaded
         report.missing += [f"{attr}.{k}" for k in sub.missing]
         report.unexpected += sub.unexpected
-    for key, attr in DEEPSEEK_PARAMS.items():
-        p = getattr(model, attr)
-        if key not in tensors:
-            report.missing.append(attr)
-            continue
-        t = tensors[key]
-        if tuple(t.shape) != tuple(p.shape):
-            raise ValueError(f"shape mismatch for {key} -> {attr}: checkpoint {tuple(t.shape)} "
-                             f"vs model {tuple(p.shape)}")
-        with torch.no_grad():
-            p.copy_(t.to(p.dtype))
-        report.loaded += 1
+    params = {attr: getattr(model, attr) for attr in DEEPSEEK_PARAMS.values()}
+    _assign(params, {attr: (key, tensors[key]) for key, attr in DEEPSEEK_PARAMS.items() if key in tensors}, report)
     return _finish(report, "load_deepseek_vision", strict)

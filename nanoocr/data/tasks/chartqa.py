@@ -2,7 +2,8 @@
 
 Schema (dataset card): image: Image, query: str, label: list[str], human_or_machine: ClassLabel(human, machine).
 Splits train (28,299) / val / test. The first label is the answer."""
-from nanoocr.data.tasks.common import HFTask, image_bytes, qa
+from nanoocr.data.records import IMAGE_TAG, qa
+from nanoocr.data.tasks.common import HFTask, image_bytes
 
 
 class ChartQA(HFTask):
@@ -13,4 +14,4 @@ class ChartQA(HFTask):
     def build(self, row, rid):
         label = row["label"]
         answer = label[0] if isinstance(label, list) and label else label
-        return qa(f"<image>\n{row['query']}", answer, image_bytes(row["image"]), rid, self.name)
+        return qa(f"{IMAGE_TAG}\n{row['query']}", answer, image_bytes(row["image"]), rid, self.name)

@@ -1,4 +1,5 @@
-"""Task and TaskMixture (nanochat's idea) plus the few helpers every source shares.
+"""Task and TaskMixture (nanochat's idea) plus the few helpers every source shares (the record format itself,
+its prompts and `qa`, the one-turn record, live in `nanoocr.data.records`).
 
 A Task is a lazily indexed list of unified records `{"id", "source", "messages", "image": bytes | None}`
 with nanochat's `start/stop/step` slicing; a TaskMixture interleaves several Tasks in a deterministic
@@ -15,8 +16,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-OCR_PROMPT = "<image>\nFree OCR."
-IMAGE_TAG = "<image>"
+from nanoocr.data.records import IMAGE_TAG
 
 
 class NeedsLocalFiles(ValueError):
@@ -106,12 +106,6 @@ def image_bytes(value) -> bytes | None:
         if value.get("path"):
             return Path(value["path"]).read_bytes()
     raise ValueError(f"unsupported image value of type {type(value).__name__}")
-
-
-def qa(prompt: str, answer, image=None, rid: str = "", source: str = "") -> dict:
-    """A one-turn record; a None answer becomes "" so validation reports it as empty, not as a type error."""
-    return {"id": rid, "source": source, "image": image,
-            "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer or ""}]}
 
 
 def with_image_first(text: str) -> str:

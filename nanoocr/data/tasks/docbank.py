@@ -8,7 +8,8 @@ explicit line breaks). `##LTLine##`/`##LTFigure##` placeholders for non-text obj
 import csv
 from pathlib import Path
 
-from nanoocr.data.tasks.common import OCR_PROMPT, Task, qa
+from nanoocr.data.records import OCR_PROMPT, qa
+from nanoocr.data.tasks.common import Task
 
 
 def page_text(txt_path: Path) -> str:

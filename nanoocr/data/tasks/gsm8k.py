@@ -5,7 +5,8 @@ Schema (dataset card): question: str, answer: str (worked solution with calculat
 so a model should not learn to emit tool markup that nothing executes."""
 import re
 
-from nanoocr.data.tasks.common import HFTask, qa
+from nanoocr.data.records import qa
+from nanoocr.data.tasks.common import HFTask
 
 CALC = re.compile(r"<<[^>]*>>")
 

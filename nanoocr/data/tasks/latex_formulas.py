@@ -2,9 +2,8 @@
 
 Schema (dataset card, cleaned_formulas): image: Image, latex_formula: str; split train (552,340).
 (The `raw_formulas` config has no images and is not usable here.)"""
-from nanoocr.data.tasks.common import HFTask, image_bytes, qa
-
-PROMPT = "<image>\nConvert the formula to LaTeX."
+from nanoocr.data.records import FORMULA_PROMPT, qa
+from nanoocr.data.tasks.common import HFTask, image_bytes
 
 
 class LaTeXFormulas(HFTask):
@@ -14,4 +13,4 @@ class LaTeXFormulas(HFTask):
     image_columns = ("image",)
 
     def build(self, row, rid):
-        return qa(PROMPT, row["latex_formula"], image_bytes(row["image"]), rid, self.name)
+        return qa(FORMULA_PROMPT, row["latex_formula"], image_bytes(row["image"]), rid, self.name)

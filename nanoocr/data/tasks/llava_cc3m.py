@@ -7,6 +7,7 @@ images.zip — the images (flat). `images` may be that zip or a folder where it 
 import zipfile
 from pathlib import Path
 
+from nanoocr.data.records import IMAGE_TAG
 from nanoocr.data.tasks.common import Task, load_rows, with_image_first
 
 ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
@@ -48,6 +49,6 @@ class LLaVACC3M(Task):
         except (OSError, KeyError) as e:
             return {"id": rid, "source": self.name, "error": f"image not found: {e}"}
         messages = [{"role": ROLES.get(t["from"], t["from"]), "content": t["value"]} for t in row["conversations"]]
-        if messages and "<image>" in messages[0]["content"]:
+        if messages and IMAGE_TAG in messages[0]["content"]:
             messages[0]["content"] = with_image_first(messages[0]["content"])
         return {"id": rid, "source": self.name, "messages": messages, "image": image}

@@ -5,7 +5,8 @@ Schema: question: str, subject: str, choices: list[str], answer: ClassLabel(A, B
 `auxiliary_train` config of cais/mmlu these four fields are nested under one `train` struct column (the
 reason nanochat's MMLU task unwraps `row["train"]`); both the nested and the flat layout are accepted.
 The prompt format follows nanochat's MMLU task: the model answers with the letter."""
-from nanoocr.data.tasks.common import HFTask, qa
+from nanoocr.data.records import qa
+from nanoocr.data.tasks.common import HFTask
 
 LETTERS = "ABCD"
 

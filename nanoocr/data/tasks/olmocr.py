@@ -20,7 +20,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from nanoocr.data.pdf import PopplerError, render_page
-from nanoocr.data.tasks.common import OCR_PROMPT, HFTask, NeedsLocalFiles, Task, qa
+from nanoocr.data.records import OCR_PROMPT, qa
+from nanoocr.data.tasks.common import HFTask, NeedsLocalFiles, Task
 
 NEEDS_PDFS = (
     "{what}: olmOCR-mix-1025's rows point at PDFs inside the repo's pdf_tarballs/*.tar.gz, which the hub table "

@@ -12,9 +12,8 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from nanoocr.data.tasks.common import Task, qa
-
-PROMPT = "<image>\nConvert the table to HTML."
+from nanoocr.data.records import TABLE_PROMPT, qa
+from nanoocr.data.tasks.common import Task
 
 
 def boxes(root, name: str) -> list[list[float]]:
@@ -74,4 +73,4 @@ class PubTables1M(Task):
             answer = table_html(xml.read_text(encoding="utf-8"), json.loads(self.words[name].read_text(encoding="utf-8")))
         except (ET.ParseError, ValueError, KeyError, TypeError, AttributeError) as e:
             return {"id": name, "source": self.name, "error": f"bad PubTables annotation {xml.name}: {e}"}
-        return qa(PROMPT, answer, self.images[name].read_bytes(), name, self.name)
+        return qa(TABLE_PROMPT, answer, self.images[name].read_bytes(), name, self.name)
