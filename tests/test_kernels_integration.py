@@ -3,12 +3,16 @@
 the torch paths (SDPA, F.embedding + masked_scatter) with identical weights.
 
 Error measure: rel_err(a, b) = max|a - b| / max|b| (b = the torch path's value)."""
+import sys
+
 import pytest
 import torch
 
 import kernels.attention
 import kernels.scatter
+from nanoocr.model import presets
 from nanoocr.model.gpt import GPT, GPTConfig
+from nanoocr.model.vlm import NanoOCR
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # numpy noise from the interpreter
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -87,9 +91,6 @@ def test_gpt_training_step_triton_attention(monkeypatch):
 
 
 def test_vlm_training_step_triton_attention_and_scatter(monkeypatch):
-    presets = pytest.importorskip("nanoocr.model.presets")
-    from nanoocr.model.vlm import NanoOCR
-
     attn_calls = count_calls(monkeypatch, kernels.attention, "attention_forward")
     scatter_calls = count_calls(monkeypatch, kernels.scatter, "embed_scatter_forward")
     gpt = dict(vocab_size=128, n_layer=1)  # the GPT test covers depth; the interpreter is slow
@@ -116,12 +117,23 @@ def test_vlm_training_step_triton_attention_and_scatter(monkeypatch):
 
 
 def test_vlm_triton_embed_raises_on_count_mismatch():
-    presets = pytest.importorskip("nanoocr.model.presets")
-    from nanoocr.model.vlm import NanoOCR
-
     cfg = presets.build_config("nano", gpt=dict(vocab_size=128, n_layer=1, embed_impl="triton"))
     model = NanoOCR(cfg).to(DEVICE)
     ids = torch.zeros(1, 8, dtype=torch.long, device=DEVICE)
     ids[0, :3] = cfg.image_token_id
     with pytest.raises(ValueError, match="3 image tokens"):
         model.embed(ids, torch.randn(2, cfg.gpt.n_embd, device=DEVICE))
+
+
+def test_triton_available_is_false_where_triton_cannot_import(monkeypatch):
+    """pyproject.toml installs triton only on Linux x86_64; elsewhere `import triton` fails and the
+    callers' check must say so (a None entry in sys.modules makes the import raise ImportError)."""
+    import kernels
+
+    assert kernels.triton_available()  # this machine: the dev install has triton
+    kernels.triton_available.cache_clear()
+    monkeypatch.setitem(sys.modules, "triton", None)
+    try:
+        assert not kernels.triton_available()
+    finally:
+        kernels.triton_available.cache_clear()  # the next caller sees the real triton again

@@ -1,6 +1,6 @@
 """SAM's rel-pos attention in training on CPU: torch SDPA (its math path) vs nanoocr's blockwise function.
 
-    python recipes/bench/attention.py [--batch 4] [--heads 4] [--runs 3]
+    python recipes/bench/attention.py [--batch 4] [--heads 4] [--head-dim 64] [--grid 64] [--runs 3]
 
 With a trainable rel-pos bias SDPA has no fused CPU kernel and runs its math path; nanoocr.model.sam uses
 `rel_pos_attention_blockwise` (RelPosAttention) there instead. For a global block (64x64 grid, 4096
@@ -35,11 +35,13 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=4, help="images")
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--grid", type=int, default=64, help="side of the global block's token grid (64: 1024 px)")
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     rows = []
-    for name, items, side in (("global 64x64", args.batch, 64), ("windows 14x14", 25 * args.batch, 14)):
+    g = args.grid
+    for name, items, side in ((f"global {g}x{g}", args.batch, g), ("windows 14x14", 25 * args.batch, 14)):
         N, D = side * side, args.head_dim
         q, k, v = (torch.randn(items, args.heads, N, D, requires_grad=True) for _ in range(3))
         rel_h, rel_w = (torch.randn(items, args.heads, N, side, requires_grad=True) for _ in range(2))

@@ -24,14 +24,14 @@ from nanoocr.model.vlm import NanoOCR, image_token_count
 from common import cpu_model  # recipes/bench/common.py
 
 
-def main():
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="nano")
     parser.add_argument("--mode", default="base", choices=[m for m, (_, _, crop) in MODES.items() if not crop])
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--text-tokens", type=int, default=16, help="text tokens around the image in the prompt")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     torch.manual_seed(0)
     config = build_config(args.preset)
@@ -75,7 +75,8 @@ def main():
     for name, (t, _) in results.items():
         print(f"| {name} | {t:.2f} | {args.new_tokens / t:.1f} | {t_full / t:.1f}x |")
     print(f"\nBoth include one vision encode + prefill; the vision encode alone took {t_vision:.2f} s.")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -123,7 +123,7 @@ def consumption(batch: dict, tok: Tokenizer, preset: str, steps: int) -> float:
     return batch["ids"].shape[0] / seconds
 
 
-def main():
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pdfs", default="/usr/share/doc")
     p.add_argument("--pages", type=int, default=50)
@@ -134,7 +134,7 @@ def main():
     p.add_argument("--samples", type=int, default=96)
     p.add_argument("--model-preset", default="nano")
     p.add_argument("--model-steps", type=int, default=3)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(1)  # the profile runs like a loader worker (torch gives workers 1 thread)
 
     from streaming.base.util import clean_stale_shared_memory
@@ -177,7 +177,8 @@ def main():
           "(ignores the main process and the transfer of the batches). trains samples/s: full training "
           f"steps of the {args.model_preset} preset (all layers trainable, fp32, {os.cpu_count()} threads) on the "
           "last loader batch; loader / model > 1 means the loader keeps the model fed.")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

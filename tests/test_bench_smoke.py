@@ -1,0 +1,148 @@
+"""Every recipes/bench script, run tiny, so none of them can rot: the flags the scripts have (or --tiny /
+--grid where the real sizes take minutes), the real main() and its own checks (encoder vs transformers,
+KV cache vs recompute, ours vs the PIL baseline), then a look at what each printed or wrote.
+
+The scripts that change the whole process (mfu.py and loader.py keep freed memory for reuse and set the
+torch thread count) run in one subprocess, one after the other (Composer is imported once); the others run
+in this process. memory.py starts a fresh process per configuration itself (the longest, ~20 s).
+The whole file: ~40 s on 2 cores."""
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "recipes" / "bench"
+SCRIPTS = sorted(p.stem for p in BENCH.glob("*.py") if p.stem != "common")
+needs_poppler = pytest.mark.skipif(shutil.which("pdftoppm") is None, reason="poppler-utils not installed")
+
+
+def test_every_bench_script_has_a_smoke_test():
+    tested = {name.removeprefix("test_").split("_")[0] for name in globals() if name.startswith("test_")}
+    assert set(SCRIPTS) <= tested, f"bench scripts without a smoke test here: {sorted(set(SCRIPTS) - tested)}"
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """bench(name) -> the script as a module (its `from common import ...` resolved like `python script.py`)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    threads = torch.get_num_threads()
+
+    def run(name, *args):
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.main([str(a) for a in args])
+
+    yield run
+    torch.set_num_threads(threads)  # preprocess.py runs with one thread, like a loader worker
+
+
+# Runs each (script, args) of argv[2] (JSON) in turn in this process; "=== NAME" starts a script's output.
+DRIVER = """
+import importlib, json, sys
+sys.path.insert(0, sys.argv[1])
+for name, args in json.loads(sys.argv[2]):
+    print(f"=== {name}", flush=True)
+    assert importlib.import_module(name).main(args) == 0, name
+"""
+
+
+@pytest.fixture(scope="module")
+def isolated(pdfs):
+    """{script: stdout} of mfu.py and loader.py, run tiny in one fresh process."""
+    runs = [["mfu", ["--presets", "nano", "--batch", "1", "--steps", "1", "--mode", "tiny"]]]
+    if shutil.which("pdftoppm"):
+        runs.append(["loader", ["--pdfs", str(pdfs), "--pages", "2", "--modes", "tiny", "--workers", "0",
+                                "--batch-size", "1", "--warmup-batches", "1", "--samples", "2", "--model-steps", "1"]])
+    out = subprocess.run([sys.executable, "-c", DRIVER, str(BENCH), json.dumps(runs)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    parts = re.split(r"^=== (\w+)\n", out.stdout, flags=re.M)[1:]
+    return dict(zip(parts[::2], parts[1::2]))
+
+
+def table_rows(text: str, first: str) -> list[list[str]]:
+    """The cells of the Markdown table rows that start with `first`."""
+    return [[c.strip() for c in line.strip().strip("|").split("|")]
+            for line in text.splitlines() if line.startswith(f"| {first}")]
+
+
+@pytest.fixture(scope="module")
+def pdfs(tmp_path_factory):
+    """A folder with one 2-page text PDF (the page maker of tests/test_pages.py)."""
+    from test_pages import make_pdf
+
+    folder = tmp_path_factory.mktemp("pdfs")
+    make_pdf(folder / "a.pdf", ["text", "text"])
+    return folder
+
+
+def test_attention(bench, capsys):
+    assert bench("attention", "--batch", 1, "--heads", 1, "--head-dim", 16, "--grid", 16, "--runs", 1) == 0
+    out = capsys.readouterr().out
+    rows = table_rows(out, "global 16x16") + table_rows(out, "windows 14x14")
+    assert len(rows) == 2, rows
+    for row in rows:
+        assert float(row[-1]) < 1e-4, f"blockwise vs SDPA differ: {row}"
+
+
+def test_encoder(bench, capsys):
+    assert bench("encoder", "--tiny", "--runs", 1, "--warmup", 1) == 0
+    out = capsys.readouterr().out
+    # the script asserts max rel error < 1e-4 against transformers before it prints these
+    assert "SAM+compressor output matches transformers" in out and "CLIP output matches transformers" in out
+    assert len(table_rows(out, "nanoocr")) == len(table_rows(out, "transformers")) == 1
+
+
+def test_generation(bench, capsys):
+    assert bench("generation", "--mode", "tiny", "--new-tokens", 4, "--text-tokens", 4) == 0
+    out = capsys.readouterr().out
+    assert "same tokens: yes" in out, out
+    assert len(table_rows(out, "KV cache")) == 1
+
+
+@needs_poppler
+def test_preprocess(bench, pdfs, tmp_path):
+    report = tmp_path / "preprocess.json"
+    assert bench("preprocess", "--pdfs", pdfs, "--pages", 2, "--modes", "tiny", "gundam", "--json", report) == 0
+    rows = {r["mode"]: r for r in json.loads(report.read_text())["rows"]}
+    assert rows.keys() == {"tiny", "gundam"}
+    for r in rows.values():
+        assert r["pages_timed"] == 1 and r["ours_ms"] > 0 and r["baseline_ms"] > 0
+        assert r["max_abs_diff"] == r["max_abs_diff_uint8"] == 0, r  # pixel-exact with the PIL pipeline
+    assert "(3, 512, 512)" in rows["tiny"]["shapes"][0]
+    assert ", 3, 640, 640)" in rows["gundam"]["shapes"][0], rows["gundam"]["shapes"]  # a US-letter page has crops
+
+
+def test_memory(bench, tmp_path, capsys):
+    report = tmp_path / "memory.json"
+    assert bench("memory", "--preset", "nano", "--batch", 1, "--modes", "tiny", "--steps", 1,
+                 "--generator", "text_page", "--json", report) == 0
+    rows = {r["activation_checkpointing"]: r for r in json.loads(report.read_text())["rows"]}
+    assert rows.keys() == {False, True}
+    for r in rows.values():
+        assert r["peak_rss_mib"] > r["baseline_rss_mib"] > 0 and r["s_per_step"] > 0
+    # a checkpointed block keeps only its input for backward
+    assert rows[True]["saved_for_backward_mib"] < rows[False]["saved_for_backward_mib"], rows
+    assert len(table_rows(capsys.readouterr().out, "tiny")) == 2
+
+
+def test_mfu(isolated):
+    out = isolated["mfu"]
+    assert re.search(r"measured fp32 matmul peak: [\d.]+ GFLOP/s", out), out
+    (row,) = table_rows(out, "nano")
+    mfu = float(row[-1].rstrip("%"))
+    assert 0 < mfu < 100, row
+
+
+@needs_poppler
+def test_loader(isolated):
+    (row,) = table_rows(isolated["loader"], "tiny")
+    assert row[1] == "2" and float(row[3]) > 0 and float(row[-2]) > 0, row  # samples timed, samples/s, model's
