@@ -4,8 +4,8 @@ KV cache vs recompute, ours vs the PIL baseline), then a look at what each print
 
 The scripts that change the whole process (mfu.py and loader.py keep freed memory for reuse and set the
 torch thread count) run in one subprocess, one after the other (Composer is imported once); the others run
-in this process. memory.py starts a fresh process per configuration itself (the longest, ~20 s).
-The whole file: ~40 s on 2 cores."""
+in this process. memory.py starts a fresh process per configuration itself: 20 s on idle cores, 40 s
+under load, so it is marked slow. The whole file: 40-70 s on 2 cores (idle - loaded)."""
 import importlib.util
 import json
 import re
@@ -121,6 +121,7 @@ def test_preprocess(bench, pdfs, tmp_path):
     assert ", 3, 640, 640)" in rows["gundam"]["shapes"][0], rows["gundam"]["shapes"]  # a US-letter page has crops
 
 
+@pytest.mark.slow
 def test_memory(bench, tmp_path, capsys):
     report = tmp_path / "memory.json"
     assert bench("memory", "--preset", "nano", "--batch", 1, "--modes", "tiny", "--steps", 1,
