@@ -222,13 +222,14 @@ def plot(path: Path, rows: list[dict], grid_keys: list[str], metric: str | None)
     plt.close(fig)
 
 
-def validate_runs(base: str, runs: list[dict]) -> None:
-    """Every run's config through the recipe's loader + validation (unknown keys, bad values) up front."""
+def validate_runs(base: str, runs: list[dict], world_size: int = 1) -> None:
+    """Every run's config through the recipe's loader + validation (unknown keys, bad values, a
+    global_train_batch_size that `world_size` ranks cannot split) up front."""
     sys.path.insert(0, str(TRAIN.parent.parent))
-    from nanoocr.train.recipe import ConfigError, load_config
+    from nanoocr.train.config import ConfigError, load_config
     for run in runs:
         try:
-            load_config(base, run["overrides"])
+            load_config(base, run["overrides"], world_size=world_size)
         except ConfigError as e:
             raise SweepError(f"run {run['name']}: {e}")
 
@@ -251,7 +252,7 @@ def main(argv=None) -> int:
         if args.out:
             sweep["out"] = args.out
         runs = expand(sweep, args.extra)
-        validate_runs(sweep["base"], runs)
+        validate_runs(sweep["base"], runs, args.n)
         cmds = [command(sweep["base"], r["overrides"], args.launcher, args.n) for r in runs]
     except SweepError as e:
         ap.error(str(e))

@@ -51,6 +51,12 @@ def test_bad_training_inputs_end_with_a_named_cause(mds, tmp_path, capsys):  # n
     tries = {  # name: (yaml, extra overrides, exit code, words the one-line error must hold)
         "typo": (stage1, ["optimizer.lrr=1"], 2, ["'lrr'", "did you mean 'lr'"]),
         "lr_not_a_number": (stage1, ["optimizer.lr=fast"], 2, ["optimizer (adamw).lr", "'fast'"]),
+        "composer_callback_typo": (stage1, ["callbacks.memroy_monitor={}"], 2,
+                                   ["'memroy_monitor'", "did you mean 'memory_monitor'"]),
+        "composer_kwarg_typo": (stage1, ["callbacks.runtime_estimator={time_unti: hours}"], 2,
+                                ["'time_unti'", "did you mean 'time_unit'"]),
+        "batch_sizes_disagree": (stage1, ["global_train_batch_size=4"], 2,  # shrink sets 2 per device, 1 rank
+                                 ["'device_train_batch_size' 2 disagrees with 'global_train_batch_size' 4"]),
         "duration_not_a_time": (stage1, ["max_duration=banana"], 2, ["max_duration", "banana"]),
         "seed_not_an_int": (stage1, ["seed=abc"], 2, ["'seed'", "'abc'"]),
         "crops_unbounded": (stage1, ["train_loader.dataset.max_crops=100000"], 2, ["max_crops", "100000"]),

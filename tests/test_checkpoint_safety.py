@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from nanoocr.model.checkpoint import CheckpointError, load_composer_state, torch_load_safe
-from nanoocr.train.recipe import build_trainer, load_config
+from nanoocr.train.build import build_trainer
+from nanoocr.train.config import load_config
 from test_recipe import mds, shrink  # noqa: F401  (the shared fixture and overrides)
 
 

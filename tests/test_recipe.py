@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from nanoocr.train.recipe import ConfigError, build_trainer, load_config
+from nanoocr.train.build import build_trainer
+from nanoocr.train.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -45,7 +46,8 @@ def shrink(run: Path, vision: Path, text: Path | None = None, extra=()) -> list[
         "model.preset=nano", "model.pretrained={}", "model.gpt_config_from=null", "model.activation_checkpointing=false",
         "tokenizer={train_vocab_size: 300}", "precision=fp32", "fsdp_config=null", "autoresume=false",
         "load_path=null", f"run_folder={run}", f"save_folder={run}/ckpt", "save_interval=1000ba",
-        "device_train_batch_size=2", "device_train_microbatch_size=1", "device_eval_batch_size=2",
+        "global_train_batch_size=null", "device_train_batch_size=2", "device_train_microbatch_size=1",
+        "device_eval_batch_size=2",
         "progress_bar=false", f"train_loader.dataset.streams={streams}", "train_loader.num_workers=0",
         "train_loader.dataset.mode=tiny", "train_loader.dataset.num_canonical_nodes=1",
         f"eval_loader.dataset.streams={{val: {{local: '{vision}', proportion: 1.0}}}}", "eval_loader.num_workers=0",
@@ -172,9 +174,12 @@ def test_tier1_yaml_through_composer_launcher_then_export_and_sample(tmp_path):
     run, data = tmp_path / "t1", tmp_path / "overfit10"
     cmd = [COMPOSER, "recipes/train.py", "yamls/tier1_overfit.yaml", "max_duration=2ba", f"run_folder={run}",
            f"variables.data_dir={data}", f"save_folder={run}/ckpt", "progress_bar=false",
-           "final_eval.max_new_tokens=6"]
+           "final_eval.max_new_tokens=6",
+           # Composer's own callbacks by name (memory_monitor only warns on CPU)
+           "callbacks.memory_monitor={}", "callbacks.runtime_estimator={}"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "time/remaining_estimate" in (run / "metrics.jsonl").read_text()
     lines = [x for x in out.stdout.splitlines() if x.startswith("exact_match: ")]
     assert lines and lines[-1].endswith("/10"), out.stdout[-2000:]
     summary = json.loads((run / "eval.json").read_text())
@@ -248,10 +253,12 @@ def test_kill9_then_autoresume_matches_uninterrupted(mds, tmp_path):
 
 @pytest.mark.slow
 def test_ddp_two_cpu_ranks_see_disjoint_samples(mds, tmp_path):
+    """Two ranks under the composer launcher; global_train_batch_size=4 gives each 2 samples a batch."""
     run = tmp_path / "ddp"
     cmd = [COMPOSER, "-n", "2", "recipes/train.py", "yamls/tier1_overfit.yaml", f"variables.data_dir={mds / 'vision'}",
-           "max_duration=2ba", "device_train_batch_size=2", "train_loader.dataset.mode=tiny", "progress_bar=false",
-           "final_eval=null", "callbacks={sample_log: {}}", f"run_folder={run}"]
+           "max_duration=2ba", "device_train_batch_size=null", "global_train_batch_size=4",  # 2 per rank
+           "train_loader.dataset.mode=tiny", "progress_bar=false", "final_eval=null", "callbacks={sample_log: {}}",
+           f"run_folder={run}"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     seen = []
@@ -265,7 +272,8 @@ def test_ddp_two_cpu_ranks_see_disjoint_samples(mds, tmp_path):
 
 _FAULTS = """
 import resource, sys, torch
-from nanoocr.train.recipe import keep_freed_memory
+import nanoocr.train.recipe  # the recipe's process: its imports shape the heap the blocks come from
+from nanoocr.train.memory import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 faults = []
@@ -289,3 +297,30 @@ def test_keep_freed_memory_stops_page_faulting_each_step():
     default, kept = faults("default"), faults("keep")
     assert default > 16 * 2 ** 20 // 4096 * 0.9, default  # a typical allocation faults its 16K pages in
     assert kept < default / 20, (kept, default)
+
+
+def test_train_modules_import_without_cycles():
+    """nanoocr/train/*.py: the imports among them (at any depth, lazy ones too) form no cycle, and export
+    takes the model and tokenizer builders from build.py alone (it used to import the recipe, which imports it)."""
+    import ast
+    names = {p.stem for p in (ROOT / "nanoocr/train").glob("*.py")} - {"__init__"}
+    graph = {}
+    for name in names:
+        deps = set()
+        for node in ast.walk(ast.parse((ROOT / "nanoocr/train" / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "nanoocr.train":
+                deps |= {a.name for a in node.names}  # from nanoocr.train import builders
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("nanoocr.train."):
+                deps.add(node.module.split(".")[2])
+            elif isinstance(node, ast.Import):
+                deps |= {a.name.split(".")[2] for a in node.names if a.name.startswith("nanoocr.train.")}
+        graph[name] = deps & names - {name}
+    assert graph["export"] == {"build"}, graph["export"]
+    assert {"config", "builders", "build", "memory", "recipe"} <= names
+
+    def visit(node, path):
+        assert node not in path, f"import cycle: {' -> '.join(path + [node])}"
+        for dep in graph[node]:
+            visit(dep, path + [node])
+    for name in sorted(graph):
+        visit(name, [])

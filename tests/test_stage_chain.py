@@ -41,7 +41,8 @@ SHRINK = [
     *DEVICE,
     # sizes
     "model.preset=nano",  # SAM/CLIP widths of the tiny HF models; the GPT's come from the nanochat checkpoint
-    "device_train_batch_size=2", "device_train_microbatch_size=1", "device_eval_batch_size=2",
+    # the YAMLs' global_train_batch_size, shrunk: 2 samples per rank whatever the rank count
+    f"global_train_batch_size={2 * int(NPROC)}", "device_train_microbatch_size=1", "device_eval_batch_size=2",
     "train_loader.num_workers=0", "eval_loader.num_workers=0",
     "train_loader.dataset.num_canonical_nodes=2",
     "callbacks.vision_collapse.probes=4", "callbacks.generation_eval.samples=2",

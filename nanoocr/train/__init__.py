@@ -1,1 +1,3 @@
-"""Training with Composer: the ComposerModel, callbacks, the recipe (YAML -> Trainer), export."""
+"""Training with Composer: composer_model (ComposerNanoOCR), callbacks (ours), config (YAML -> validated dict),
+builders (YAML name -> Composer/our object), build (data, tokenizer, model, Trainer), memory (CPU malloc
+tuning), recipe (train, final eval, main), export."""

@@ -4,9 +4,9 @@
   Trainer.__init__ after the optimizer exists but before checkpoint loading and DDP wrapping, so the
   params leave the optimizer and get requires_grad=False before anything else sees them; on autoresume
   the same YAML freezes the same names again, so freezing survives resumption.
-- NonFiniteLossGuard: a NaN/inf loss stops the run at AFTER_LOSS (before backward and the optimizer step),
-  NaN/inf weights after a step stop it at BATCH_END (before that batch's checkpoint is written), so every
-  checkpoint on disk holds finite weights.
+- NonFiniteLossGuard (a Composer NaNMonitor that also catches inf and checks the weights): a NaN/inf loss
+  stops the run at AFTER_LOSS (before backward and the optimizer step), NaN/inf weights after a step stop
+  it at BATCH_END (before that batch's checkpoint is written), so every checkpoint on disk holds finite weights.
 - SkippedSamplesGuard: stops a run in which more than a set share of the samples were rejected (a run that
   trains on nothing must not exit 0 with a loss of 0.0); on in every recipe run.
 - VisionCollapseMonitor and GenerationEval run the model outside its forward: on every rank, inside
@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from composer.callbacks import NaNMonitor
 from composer.core import Algorithm, Callback, Event, State
 from composer.loggers import Logger, LoggerDestination
 from composer.utils import dist
@@ -72,11 +73,16 @@ class FreezeModules(Algorithm):
         logger.log_hyperparameters({"frozen_modules": ",".join(self.modules), "frozen_params": n_frozen})
 
 
-class NonFiniteLossGuard(Callback):
+class NonFiniteLossGuard(NaNMonitor):
     """Stops the run on a NaN/inf loss (AFTER_LOSS: before backward, no weight touched) and on NaN/inf
     weights after an optimizer step (BATCH_END: before BATCH_CHECKPOINT, so the bad weights are never
     saved). Either way every checkpoint on disk holds finite weights. A finite loss can still produce
-    non-finite weights (lr=inf, an overflowing update), which is why the loss alone is not enough."""
+    non-finite weights (lr=inf, an overflowing update), which is why the loss alone is not enough.
+
+    Composer's NaNMonitor (`callbacks.nan_monitor`) is the AFTER_LOSS half of this, for NaN only: an inf
+    loss passes it, it never looks at the weights, and it raises a bare RuntimeError (the recipe would
+    print a traceback, not the one-line reason with exit 1). This is a NaNMonitor whose after_loss also
+    catches inf and raises RunStopped, plus the weight check."""
 
     def after_loss(self, state: State, logger: Logger) -> None:
         loss = state.loss

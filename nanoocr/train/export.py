@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     from omegaconf import OmegaConf as om
 
     from nanoocr.model.checkpoint import load_composer_state
-    from nanoocr.train.recipe import build_model, build_tokenizer
+    from nanoocr.train.build import build_model, build_tokenizer
     ckpt = Path(args.checkpoint)
     cfg_path = Path(args.config) if args.config else next(
         (p / "config.yaml" for p in ckpt.resolve().parents if (p / "config.yaml").is_file()), None)

@@ -110,7 +110,7 @@ def consumption(batch: dict, tok: Tokenizer, preset: str, steps: int) -> float:
     """Samples/s the --model-preset model trains on `batch` (median of `steps` steps after a warm-up)."""
     from nanoocr.train.composer_model import ComposerNanoOCR
     from nanoocr.model.presets import build_config
-    from nanoocr.train.recipe import keep_freed_memory
+    from nanoocr.train.memory import keep_freed_memory
     from nanoocr.model.vlm import NanoOCR
 
     keep_freed_memory()  # as the recipe does on CPU

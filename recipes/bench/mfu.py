@@ -2,7 +2,7 @@
 
     python recipes/bench/mfu.py [--presets nano small medium] [--batch 4] [--steps 5] [--mode base]
 
-The process keeps freed memory for reuse (nanoocr.train.recipe.keep_freed_memory), as the recipe does on CPU.
+The process keeps freed memory for reuse (nanoocr.train.memory.keep_freed_memory), as the recipe does on CPU.
 
 One run measures, side by side: the fp32 matmul peak of this device (best of repeated 2048³ matmuls,
 nanoocr.train.callbacks.measure_matmul_peak, also what the recipe's SpeedMonitor uses on CPU), then for each
@@ -22,7 +22,7 @@ from nanoocr.train.callbacks import measure_matmul_peak
 from nanoocr.train.composer_model import ComposerNanoOCR
 from nanoocr.data.stream import collate
 from nanoocr.data.processing import process_sample
-from nanoocr.train.recipe import keep_freed_memory
+from nanoocr.train.memory import keep_freed_memory
 from nanoocr.data.synthetic import GENERATORS
 from nanoocr.data.tokenizer import Tokenizer
 from nanoocr.model.vlm import NanoOCR
