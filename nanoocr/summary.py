@@ -1,7 +1,7 @@
-"""`python -m nanoocr.summary`: the entry point of nanoocr.model.summary (see there)."""
+"""`python -m nanoocr.summary`: the entry point of nanoocr.eval.summary (see there)."""
 import sys
 
-from nanoocr.model.summary import main
+from nanoocr.eval.summary import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -62,7 +62,7 @@ def test_sharded_entry_payload_is_refused(tmp_path):
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
-    from nanoocr.model.checkpoint import guard_composer_loading
+    from nanoocr.train.composer_loading import guard_composer_loading
     dcp.save({"rng": {"x": Payload(tmp_path / "pwned")}, "w": torch.ones(2)},
              storage_writer=dcp.FileSystemWriter(str(tmp_path / "ck")), no_dist=True)
     guard_composer_loading()

@@ -148,14 +148,6 @@ def test_kernels_import_nothing_of_nanoocr():
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}: kernels/ must stand alone"
 
 
-# The model imports that break the rule today, each to be fixed in the model file (then removed here):
-KNOWN_MODEL_IMPORTS = {
-    ("nanoocr/model/checkpoint.py", "composer.utils.checkpoint"),  # guard_composer_loading patches Composer
-    ("nanoocr/model/summary.py", "nanoocr.data.images"),  # MODES: the mode -> view size table
-    ("nanoocr/model/vlm.py", "nanoocr.data.images"),  # layout_tokens: the token-count formula
-}
-
-
 def test_model_imports_neither_composer_nor_data():
     """nanoocr/model runs without Composer and without the data path (nor train/ or eval/ above it)."""
     found = set()
@@ -163,8 +155,7 @@ def test_model_imports_neither_composer_nor_data():
         for module in absolute_imports(path):
             if _under(module, ("composer", "nanoocr.data", "nanoocr.train", "nanoocr.eval")):
                 found.add((str(path.relative_to(ROOT)), module))
-    assert not found - KNOWN_MODEL_IMPORTS, f"nanoocr/model imports outside the model: {sorted(found - KNOWN_MODEL_IMPORTS)}"
-    assert not KNOWN_MODEL_IMPORTS - found, f"fixed, remove from KNOWN_MODEL_IMPORTS: {sorted(KNOWN_MODEL_IMPORTS - found)}"
+    assert not found, f"nanoocr/model imports outside the model: {sorted(found)}"
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -137,3 +137,25 @@ def test_triton_available_is_false_where_triton_cannot_import(monkeypatch):
         assert not kernels.triton_available()
     finally:
         kernels.triton_available.cache_clear()  # the next caller sees the real triton again
+
+
+def test_models_take_the_torch_paths_where_triton_cannot_import(monkeypatch):
+    """Where triton is not installed (pyproject.toml installs it only on Linux x86_64), attn_impl /
+    embed_impl "triton" run the torch paths: no kernel launched, the same logits as "torch"."""
+    import kernels
+
+    calls = count_calls(monkeypatch, kernels.attention, "attention_forward")
+    calls += count_calls(monkeypatch, kernels.scatter, "embed_scatter_forward")
+    gpt = dict(vocab_size=128, n_layer=1)
+    cfg_ref = presets.build_config("nano", gpt=gpt)
+    cfg_tri = presets.build_config("nano", gpt={**gpt, "attn_impl": "triton", "embed_impl": "triton"})
+    ref, tri = twin_models(NanoOCR, cfg_ref, cfg_tri)
+    ids = torch.randint(0, cfg_ref.image_token_id, (2, 24), generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    kernels.triton_available.cache_clear()
+    monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` now raises ImportError
+    try:
+        with torch.no_grad():
+            assert torch.equal(tri(ids), ref(ids))
+    finally:
+        kernels.triton_available.cache_clear()
+    assert calls == [], f"a Triton kernel ran without triton: {calls}"

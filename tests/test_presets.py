@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from nanoocr.model.presets import build_config
-from nanoocr.model.summary import summarize
+from nanoocr.eval.summary import summarize
 
 
 def test_full_preset_parameter_counts():

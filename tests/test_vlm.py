@@ -183,8 +183,9 @@ def test_uint8_views_from_the_loader_encode_exactly_like_float_views(model):
 
 def test_model_grid_count_is_the_data_count():
     """The model's image_token_count (its config's grids) and the data pipeline's count_tokens (the modes) are
-    one formula (images.layout_tokens): equal for every mode and grid, at the docs/FACTS.md "Image modes" values."""
-    from nanoocr.data.images import MODES, count_tokens, layout_tokens
+    one formula (model.tokens.layout_tokens): equal for every mode and grid, at the docs/FACTS.md "Image modes" values."""
+    from nanoocr.data.images import MODES, count_tokens
+    from nanoocr.model.tokens import layout_tokens
     cfg = tiny_config()
     for mode, (base, tile, crop) in MODES.items():
         for tiles in ([(1, 1), (2, 1), (1, 2), (2, 3), (3, 3)] if crop else [(1, 1)]):

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from nanoocr.model.tokens import layout_tokens
+
 # mode -> (base_size, image_size, crop). base_size is the global view; image_size the tile size.
 MODES = {
     "tiny": (512, 512, False),
@@ -188,18 +190,6 @@ def gundam_tiles(w: int, h: int, min_crops: int = 2, max_crops: int = 6) -> tupl
 
 
 PIXELS_PER_TOKEN = 64  # side of the square of pixels one vision vector stands for: 16 px patches, 4x compressor
-
-
-def layout_tokens(nq: int, tiles: tuple[int, int] = (1, 1), nc: int = TILE // PIXELS_PER_TOKEN) -> int:
-    """Vision vectors (= `<|image|>` positions) of one image whose global view is an nq x nq grid and whose
-    `tiles` (w, h) crops, unless (1, 1), are nc x nc grids stitched into one (nc*h) x (nc*w) grid: a newline
-    after every row of each grid, one view separator. The one formula of the token layout (module docstring):
-    `count_tokens` (modes) and `nanoocr.model.vlm.image_token_count` (a model config's grid) both use it."""
-    tokens = nq * (nq + 1) + 1
-    w_tiles, h_tiles = tiles
-    if (w_tiles, h_tiles) != (1, 1):
-        tokens += (nc * h_tiles) * (nc * w_tiles + 1)
-    return tokens
 
 
 def count_tokens(mode: str, size: tuple[int, int] | None = None, tiles: tuple[int, int] | None = None,

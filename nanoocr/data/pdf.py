@@ -2,7 +2,7 @@
 
 Notable features:
 - every page of every `*.pdf` under a folder (sorted, recursive), id `"<relpath>#p<N>"` (N from 1);
-- page image: `pdftoppm -r 144 -png` (144 dpi, the REFERENCE render: a US-letter page is 1224x1584);
+- page image: `pdftoppm -r 144 -png` (144 dpi, the reference's render, docs/FACTS.md "Pixels": a US-letter page is 1224x1584);
 - page text: `pdftotext` in its DEFAULT mode, not `-layout`. `-layout` reproduces the physical layout
   with runs of spaces and reads multi-column pages line by line ACROSS the columns; the default mode
   follows poppler's reading-order analysis (column by column), which is the natural-reading-order

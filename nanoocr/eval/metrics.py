@@ -1,4 +1,4 @@
-"""OCR metrics, defined as the public benchmarks define them (REFERENCE.md, "Metric definitions").
+"""OCR metrics, defined as the public benchmarks define them (docs/FACTS.md, "Metric definitions").
 
 - exact_match:            pred == gt after stripping surrounding whitespace.
 - cer:                    Levenshtein(pred, gt) / len(gt) (character error rate; can exceed 1).

@@ -9,9 +9,8 @@ non-tensor entries (RNG states, timestamps) are pickles inside the shards. Compo
   torch classes a Composer checkpoint holds; anything else is refused with an error naming the file.
 - `read_dcp_metadata(dir)`: a sharded checkpoint's `.metadata` through an unpickler admitting only the
   distributed-checkpoint metadata classes.
-- `guard_composer_loading()`: makes Composer itself load through those two (and reads a sharded
-  checkpoint's non-tensor entries with weights_only=True): called by the recipe before the Trainer exists,
-  so `load_path`, `autoresume` and stage chaining are covered.
+- nanoocr/train/composer_loading.py makes Composer itself load through those two (Composer is not imported
+  here: this is a model file).
 - `load_composer_state(path)`: NanoOCR's own state dict from either layout (export uses it).
 - `repair_latest(save_folder)`: before autoresume, a `latest-rank0.pt` pointing at a truncated file is
   pointed at the newest intact earlier checkpoint instead (Composer would fail on it).
@@ -82,37 +81,6 @@ def read_dcp_metadata(directory: str | Path):
     return Restricted(io.BytesIO(path.read_bytes())).load()
 
 
-_guarded = False
-
-
-def guard_composer_loading() -> None:
-    """Route every checkpoint load Composer does in this process through the safe loaders (idempotent)."""
-    global _guarded
-    if _guarded:
-        return
-    import composer.utils.checkpoint as cc
-    from torch.distributed.checkpoint._traverse import set_element
-    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-
-    def load_monolithic(checkpoint_filepath, map_location):
-        return torch_load_safe(cc._ensure_valid_checkpoint(checkpoint_filepath), map_location=map_location,
-                               what=checkpoint_filepath)
-
-    def read_metadata(self):
-        cc._ensure_valid_checkpoint(str(Path(self.path) / ".metadata"))
-        return read_dcp_metadata(self.path)
-
-    def load_bytes(self, read_item, value):
-        obj = torch_load_safe(value, what=f"sharded checkpoint entry {read_item.dest_index.fqn}")
-        if self.flatten_state_dict:  # as DefaultLoadPlanner.load_bytes, without weights_only=False
-            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
-        else:
-            self.state_dict[read_item.dest_index.fqn] = obj
-
-    cc._torch_load_with_validation = load_monolithic
-    cc.FileSystemReaderWithValidation.read_metadata = read_metadata
-    DefaultLoadPlanner.load_bytes = load_bytes
-    _guarded = True
 
 
 def _model_state(state: dict, path) -> dict:

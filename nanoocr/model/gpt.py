@@ -117,8 +117,15 @@ def log_once(msg):
 
 
 def use_triton(impl, t):
-    """The Triton path runs on CUDA, or on CPU under the Triton interpreter (tests)."""
-    return impl == "triton" and (t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+    """The Triton path runs on CUDA, or on CPU under the Triton interpreter (tests), where triton is
+    installed: pyproject.toml installs it only on Linux x86_64, elsewhere the torch path runs."""
+    if impl != "triton" or not (t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        return False
+    from kernels import triton_available  # lazy, like the kernels themselves
+    if not triton_available():
+        log_once("triton is not installed: the torch paths run instead of the Triton kernels")
+        return False
+    return True
 
 
 def norm(x):

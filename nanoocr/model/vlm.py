@@ -49,7 +49,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
     checkpoint_wrapper,
 )
 
-from nanoocr.data.images import layout_tokens
+from nanoocr.model.tokens import layout_tokens
 from nanoocr.model.clip import CLIPConfig, CLIPEmbeddings, CLIPEncoder, CLIPLayer
 from nanoocr.model.gpt import GPT, GPTConfig, log_once, use_triton
 from nanoocr.model.gpt import Block as GPTBlock
@@ -90,7 +90,7 @@ def view_grid(config, size):
 
 def image_token_count(config, size, tiles=(1, 1), crop_size=640):
     """Vision vectors of one image with a size x size global view and crop_size crops: the layout formula of
-    `nanoocr.data.images.layout_tokens` on this config's grids (what `encode_images` builds)."""
+    `nanoocr.model.tokens.layout_tokens` on this config's grids (what `encode_images` builds)."""
     tiles = tuple(tiles)
     return layout_tokens(view_grid(config, size), tiles, view_grid(config, crop_size) if tiles != (1, 1) else 0)
 

@@ -239,7 +239,8 @@ def build_trainer(cfg: dict):
             fsdp["activation_checkpointing"] = True
         parallelism = {"fsdp": fsdp}
     # load_path, autoresume and stage chaining open pickles: Composer must not run code from them.
-    from nanoocr.model.checkpoint import CheckpointError, guard_composer_loading, repair_latest
+    from nanoocr.model.checkpoint import CheckpointError, repair_latest
+    from nanoocr.train.composer_loading import guard_composer_loading
     guard_composer_loading()
     if cfg.get("autoresume") and cfg.get("save_folder") and "://" not in cfg["save_folder"] and is_rank0():
         if message := repair_latest(cfg["save_folder"]):

@@ -249,10 +249,8 @@ class LossCurve(Callback):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         steps, losses = zip(*self.train)
-        ema, smooth = None, []
-        for v in losses:  # EMA seeded with the first loss, so it needs no bias correction
-            ema = v if ema is None else self.ema * ema + (1 - self.ema) * v
-            smooth.append(ema)
+        from nanoocr.eval.loss_report import ema_series  # the EMA loss_report judges a run by
+        smooth = ema_series(losses, self.ema)
         fig, ax = plt.subplots(figsize=(7, 4))
         ax.plot(steps, losses, alpha=0.3, label="train loss")
         ax.plot(steps, smooth, label=f"train loss EMA ({self.ema})")

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from nanoocr.data.records import OCR_PROMPT
+
 
 def config_to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
@@ -50,7 +52,7 @@ MAX_SEQUENCE_LEN = 1 << 18  # an export's rotary tables hold 10x this many posit
 EXPORT_FILES = ("model.safetensors", "config.json", "tokenizer.json", "tokenizer.tiktoken", "tiktoken.json")
 
 
-def export_model(model, tokenizer, out: str | Path, mode: str = "base", prompt: str = "<image>\nFree OCR.",
+def export_model(model, tokenizer, out: str | Path, mode: str = "base", prompt: str = OCR_PROMPT,
                  overwrite: bool = True) -> Path:
     """Write DIR/{model.safetensors, config.json, tokenizer files}. Never writes through a symlink; an existing
     export is replaced only with `overwrite` (the recipe's end-of-run export: yes; the CLI: --overwrite)."""
@@ -69,18 +71,6 @@ def export_model(model, tokenizer, out: str | Path, mode: str = "base", prompt: 
     return out
 
 
-def _check_shapes(model, shapes: dict, where: Path) -> None:
-    """The model config.json builds (on the meta device) must have exactly the tensors the file holds."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(shapes))
-    unexpected = sorted(set(shapes) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(shapes) if expected[k] != shapes[k])
-    if missing or unexpected or wrong:
-        detail = [f"missing {missing[:5]}" if missing else "", f"unexpected {unexpected[:5]}" if unexpected else "",
-                  "shapes " + ", ".join(f"{k}: file {shapes[k]} vs config {expected[k]}" for k in wrong[:3]) if wrong else ""]
-        raise ValueError(f"{where}/model.safetensors does not match config.json: " + "; ".join(d for d in detail if d))
-
-
 def load_model(directory: str | Path, device: str = "cpu"):
     """→ (NanoOCR in eval mode, tokenizer, meta dict with 'mode' and 'prompt').
 
@@ -93,6 +83,7 @@ def load_model(directory: str | Path, device: str = "cpu"):
     from safetensors import safe_open
 
     from nanoocr.data.tokenizer import Tokenizer
+    from nanoocr.model.pretrained import check_state_dict
     from nanoocr.model.vlm import NanoOCR
     directory = Path(directory)
     for name in ("model.safetensors", "config.json"):
@@ -116,7 +107,7 @@ def load_model(directory: str | Path, device: str = "cpu"):
                          f"1..{MAX_SEQUENCE_LEN}")
     with torch.device("meta"):
         model = NanoOCR(cfg)
-    _check_shapes(model, shapes, directory)
+    check_state_dict(model, shapes, f"{directory}/model.safetensors does not match config.json")
     # Every parameter and persistent buffer comes from the file; the rotary tables (non-persistent) are computed.
     model.to_empty(device="cpu")
     model.load_state_dict(load_file(directory / "model.safetensors"), strict=True)
