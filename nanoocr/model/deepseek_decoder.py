@@ -49,7 +49,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanoocr.model.gpt import apply_rotary_emb, log_once, precompute_rotary, use_triton
+from nanoocr.model.gpt import apply_rotary_emb, log_once, precompute_rotary, rotary_at, use_triton
 
 
 @dataclass
@@ -432,14 +432,7 @@ class DeepseekDecoder(nn.Module):
         B, T, C = x.size()
         assert C == self.config.n_embd, f"embedding width {C} != n_embd {self.config.n_embd}"
         t0 = 0 if kv_cache is None else kv_cache.pos
-        if positions is None:
-            assert t0 + T <= self.rotary_seq_len, f"{t0 + T} positions > rotary table {self.rotary_seq_len}"
-            cos_sin = self.cos[:, t0:t0 + T], self.sin[:, t0:t0 + T]  # (1, T, 1, D/2)
-        else:
-            assert positions.shape == (B, T), f"positions {tuple(positions.shape)} != (B, T) = {(B, T)}"
-            assert int(positions.max()) < self.rotary_seq_len, \
-                f"position {int(positions.max())} >= rotary table {self.rotary_seq_len}"
-            cos_sin = self.cos[0, positions], self.sin[0, positions]  # (B, T, 1, D/2)
+        cos_sin = rotary_at(self.cos, self.sin, B, T, t0, positions)
         mask = causal_mask(B, T, t0, attn_mask, x.device)
         aux_total = None
         for layer in self.model.layers:

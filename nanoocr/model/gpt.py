@@ -133,6 +133,18 @@ def norm(x):
     return F.rms_norm(x, (x.size(-1),))
 
 
+def rotary_at(cos, sin, B: int, T: int, t0: int, positions=None):
+    """The rotary (cos, sin) rows of T positions after t0 cached ones: (1, T, 1, D/2) each, or (B, T, 1, D/2)
+    at explicit per-row `positions` (B, T) (left-padded generation). The tables hold cos.shape[1] positions."""
+    n = cos.shape[1]
+    if positions is None:
+        assert t0 + T <= n, f"{t0 + T} positions > rotary table {n}"
+        return cos[:, t0:t0 + T], sin[:, t0:t0 + T]
+    assert positions.shape == (B, T), f"positions {tuple(positions.shape)} != (B, T) = {(B, T)}"
+    assert int(positions.max()) < n, f"position {int(positions.max())} >= rotary table {n}"
+    return cos[0, positions], sin[0, positions]
+
+
 def apply_rotary_emb(x, cos, sin):
     # x: (B, T, H, D); cos/sin: (1 or B, T, 1, D/2)
     assert x.ndim == 4, f"expected (B, T, H, D), got {tuple(x.shape)}"
@@ -403,14 +415,7 @@ class GPT(nn.Module):
         B, T, C = x.size()
         assert C == self.config.n_embd, f"embedding width {C} != n_embd {self.config.n_embd}"
         t0 = 0 if kv_cache is None else kv_cache.pos
-        if positions is None:
-            assert t0 + T <= self.rotary_seq_len, f"{t0 + T} positions > rotary table {self.rotary_seq_len}"
-            cos_sin = self.cos[:, t0:t0 + T], self.sin[:, t0:t0 + T]  # (1, T, 1, D/2)
-        else:
-            assert positions.shape == (B, T), f"positions {tuple(positions.shape)} != (B, T) = {(B, T)}"
-            assert int(positions.max()) < self.rotary_seq_len, \
-                f"position {int(positions.max())} >= rotary table {self.rotary_seq_len}"
-            cos_sin = self.cos[0, positions], self.sin[0, positions]  # (B, T, 1, D/2)
+        cos_sin = rotary_at(self.cos, self.sin, B, T, t0, positions)
         masks = self._attention_masks(B, T, t0, attn_mask, kv_cache, x.device)
 
         x = norm(x)  # nanochat normalizes right after the embedding
