@@ -1,12 +1,15 @@
-"""Generation: KV cache == recompute with an image prefill, batching == alone, no-repeat guard, sampling."""
+"""Generation: KV cache == recompute with an image prefill, batching == alone, no-repeat guard (and that it
+stops a looping model), stopped flags, sampling."""
 import math
 
 import pytest
 import torch
 
 from nanoocr.model.clip import CLIPConfig
-from nanoocr.model.engine import Engine, banned_ngram_tokens
+from nanoocr.eval.repetition import ends_in_loop
+from nanoocr.model.engine import Engine
 from nanoocr.model.gpt import GPT, GPTConfig
+from nanoocr.model.ngram_guard import NGramGuard
 from nanoocr.model.presets import build_config
 from nanoocr.model.sam import SAMConfig
 from nanoocr.model.vlm import NanoOCR, VLMConfig
@@ -118,16 +121,64 @@ def test_no_repeat_ngram_guard_blocks_repeats():
     assert has_repeated_ngram(plain[:10], 3, 10)
     whitelisted = engine.generate([[1, 2]], max_new_tokens=10, no_repeat_ngram=3, no_repeat_whitelist=(5,))[0]
     assert whitelisted == [5] * 10
-    # the rule itself: the (n-1)-suffix (1, 2) was followed by 3 and by 4 inside the window
-    assert banned_ngram_tokens([1, 2, 3, 9, 1, 2, 4, 1, 2], 3, 90) == {3, 4}
-    assert banned_ngram_tokens([1, 2, 3, 9, 1, 2, 4, 1, 2], 3, 5) == {4}  # (1, 2, 3) left the window
+    # the rule the engine applies (NGramGuard): the (n-1)-suffix (1, 2) was followed by 3 and by 4 in the window
+    assert NGramGuard(3, 90, ()).banned([1, 2, 3, 9, 1, 2, 4, 1, 2]) == {3, 4}
+    assert NGramGuard(3, 5, ()).banned([1, 2, 3, 9, 1, 2, 4, 1, 2]) == {4}  # (1, 2, 3) left the window
+    # vLLM's quirk, kept: ngram 1 bans nothing (Hugging Face's processor would ban every token seen)
+    assert engine.generate([[1, 2]], max_new_tokens=6, no_repeat_ngram=1)[0] == [5] * 6
+    with pytest.raises(ValueError, match="window_size"):  # refused up front, as vLLM's validate_params
+        engine.generate([[1, 2]], max_new_tokens=6, no_repeat_ngram=3, no_repeat_window=0)
 
 
 def test_stop_tokens_and_max_new_tokens():
     engine = Engine(constant_model())
     assert engine.generate([[1], [2, 3]], max_new_tokens=5, stop_ids=(5,)) == [[], []]
+    assert engine.generate([[1], [2, 3]], max_new_tokens=5, stop_ids=(5,), return_stopped=True) == ([[], []], [True, True])
+    assert engine.generate([[1]], max_new_tokens=5, no_repeat_ngram=0, return_stopped=True) == ([[5] * 5], [False])
     out = engine.generate([[1]], max_new_tokens=7, stop_ids=(6,), no_repeat_ngram=3)[0]
     assert out == [5, 5, 5]  # the guard bans 5 at step 4, 6 comes next and stops (not returned)
+
+
+def cycle_model(cycle=(1, 2, 3), stop=15, V=16):
+    """A GPT whose greedy next token depends on the last token only: a -> b -> c -> a ... (logit 8), with the
+    stop token second everywhere (logit 4). It loops forever unless something bans the cycle's next token.
+    How: one-hot embeddings (wte = I, n_embd = V), zero c_proj (init_weights), so the final hidden state is
+    norm(e_t) = sqrt(V) e_t and the logits are sqrt(V) * lm_head[:, t]."""
+    gpt = GPT(GPTConfig(sequence_len=64, vocab_size=V, n_layer=1, n_head=2, n_kv_head=2, n_embd=V))
+    gpt.init_weights()
+    with torch.no_grad():
+        gpt.transformer.wte.weight.copy_(torch.eye(V))
+        head = torch.zeros(V, V)
+        for a, b in zip(cycle, cycle[1:] + cycle[:1]):
+            head[b, a] = 2.0
+        head[stop, :] = 1.0
+        gpt.lm_head.weight.copy_(head * 4 / V ** 0.5)  # logits 8 (the cycle) and 4 (stop), before the softcap
+    return gpt.eval()
+
+
+def test_guard_stops_a_looping_model_through_the_engine():
+    """The failure the guard exists for, end to end: greedy loops to max_new_tokens without it (the repetition
+    metric flags the text, the row did not stop); with vLLM's 30/90 guard the 30-gram that would repeat the
+    cycle is banned, the model's next choice (its stop token) is taken, and it stops on its own."""
+    engine = Engine(cycle_model())
+    text = lambda ids: "".join(f"w{t} " for t in ids)  # noqa: E731  (a word per token, as a tokenizer decodes)
+    plain, stopped = engine.generate([[1]], max_new_tokens=200, stop_ids=(15,), no_repeat_ngram=0, return_stopped=True)
+    assert plain[0][:6] == [2, 3, 1, 2, 3, 1] and len(plain[0]) == 200 and stopped == [False]
+    assert ends_in_loop(text(plain[0]))
+    guarded, stopped = engine.generate([[1]], max_new_tokens=200, stop_ids=(15,), return_stopped=True)  # 30 / 90
+    # generated 2 3 1 ...: after 32 tokens the 29-token suffix already occurred followed by the next cycle token
+    # (its copy 3 tokens back), which is banned; the stop token (15) is the best left
+    assert guarded[0] == plain[0][:32] and stopped == [True]
+    assert not ends_in_loop(text(guarded[0]))
+    # without a stop token to fall back on, the guard still keeps every 30-gram unique within 90 tokens; what it
+    # cannot do (vLLM's neither): once the first cycle has left the window, the cycle may start again
+    free = engine.generate([[1]], max_new_tokens=200, stop_ids=())[0]
+    assert len(free) == 200 and not has_repeated_ngram(free, 30, 90) and has_repeated_ngram(plain[0], 30, 90)
+    assert free[32] == 15 and set(free[92:122]) == {1, 2, 3}  # the cycle again, 92 tokens on
+    # the cache-less reference takes the same path, and batching with another row changes nothing
+    assert engine.generate([[1]], max_new_tokens=200, stop_ids=(15,), use_cache=False) == guarded
+    both, stopped = engine.generate([[1], [7, 7, 2]], max_new_tokens=200, stop_ids=(15,), return_stopped=True)
+    assert both[0] == guarded[0] and stopped[0] is True
 
 
 def test_top_k_sampling_seeded_and_restricted():

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from nanoocr.eval.metrics import score
+from nanoocr.eval.metrics import cer, score
+from nanoocr.eval.repetition import ends_in_loop
 
 ROOT = Path(__file__).resolve().parents[1]
 BOUNDED = ["exact_match", "edit_distance", "edit_distance_omnidoc", "fox_precision", "fox_recall", "fox_f1"]
@@ -57,8 +58,14 @@ def check_outputs(out: Path, n: int) -> tuple[dict, list[dict]]:
         assert row["cer"] >= 0.0
     for k in BOUNDED + ["cer"]:
         assert summary[k] == pytest.approx(sum(r[k] for r in rows) / n), k
+    # the repetition figures: each row's own flag, and the set's rate and no-stop rate from them
+    assert all(r["ends_in_loop"] == ends_in_loop(r["pred"]) and isinstance(r["stopped"], bool) for r in rows)
+    assert summary["repetition_rate"] == sum(r["ends_in_loop"] for r in rows) / n
+    assert summary["no_stop_rate"] == sum(not r["stopped"] for r in rows) / n
+    assert summary["guard"]["ngram_size"] == 30 and summary["guard"]["window_size"] == 90
     table = (out / "summary.md").read_text()
-    assert table.startswith("| metric | value |") and all(f"| {k} |" in table for k in BOUNDED + ["cer"])
+    assert table.startswith("| metric | value |") and all(f"| {k} |" in table
+                                                           for k in BOUNDED + ["cer", "repetition_rate", "no_stop_rate"])
     return summary, rows
 
 
@@ -213,3 +220,35 @@ def test_bad_inputs_are_skipped_and_the_rest_evaluated(setup, tmp_path):
     assert "no image" in skipped["text-only"]
     assert "positions" in skipped["long"], skipped["long"]
     assert os.path.getsize(data / "img" / "sparse.png") == MAX_IMAGE_BYTES + 1
+
+
+def test_in_training_generation_eval_reports_the_repetition_rate(setup):
+    """transcribe.evaluate_records (the end-of-run eval and GenerationEval) flags each looping output and rates
+    the set; GenerationEval logs that rate as eval_gen/repetition_rate. The export is rigged to loop: every
+    text token embeds to one vector and lm_head favours " fox" whatever the context."""
+    import types
+
+    import torch
+
+    from nanoocr.data.stream import read_records
+    from nanoocr.eval.transcribe import evaluate_records, load_export
+    from nanoocr.train.callbacks import GenerationEval
+    model, tok, _ = load_export(setup / "export")
+    (fox,) = tok.encode(" fox")
+    with torch.no_grad():
+        v = torch.randn(model.gpt.config.n_embd, generator=torch.Generator().manual_seed(0))
+        model.gpt.transformer.wte.weight.copy_(v.expand_as(model.gpt.transformer.wte.weight))
+        model.gpt.lm_head.weight[fox] = v
+    samples = read_records(local=setup / "mds", limit=2)
+    summary, rows = evaluate_records(model, tok, samples, mode="tiny", max_new_tokens=32, no_repeat_ngram=0)
+    # 32 copies of " fox": more than olmOCR's 30, a loop; ran to the budget
+    assert [r["pred"] for r in rows] == [" fox" * 32] * 2 and all(r["ends_in_loop"] and not r["stopped"] for r in rows)
+    assert (summary["repetition_rate"], summary["n_looped"], summary["no_stop_rate"]) == (1.0, 2, 1.0)
+    # GenerationEval decodes with the engine's default guard (30 / 90): the 31st " fox" is banned and <|bos|>
+    # (logit 0, the lowest id) stops each row after 30 copies: no loop, and the CER of " fox" x 30
+    logged = {}
+    logger = types.SimpleNamespace(log_metrics=logged.update)
+    GenerationEval(samples, tok, "tiny", max_new_tokens=32).run(types.SimpleNamespace(model=model), logger)
+    gts = [m["content"] for r in samples for m in r["messages"] if m["role"] == "assistant"]
+    assert logged == {"eval_gen/exact_match": 0.0, "eval_gen/cer": pytest.approx(sum(cer(" fox" * 30, g) for g in gts) / 2),
+                      "eval_gen/repetition_rate": 0.0}

@@ -188,3 +188,29 @@ def test_guard_stops_a_greedy_loop():
     for t in range(3, len(guarded) + 1):                                  # no 3-gram twice within 90 tokens
         h = guarded[:t]
         assert tuple(h[-3:]) not in {tuple(h[i:i + 3]) for i in range(max(0, t - 1 - 90), t - 3)}
+
+
+def test_guard_flags_map_whitelist_strings_to_this_tokenizers_ids():
+    import argparse
+
+    from nanoocr.eval.repetition import add_guard_args, check_guard_args, guard_kwargs
+
+    class Tok:  # "<td>" is one token (id 7), "</td>" three: only 7 can be whitelisted by id
+        def encode(self, text):
+            return {"<td>": [7], "</td>": [1, 2, 3], "<tr>": [9]}[text]
+
+    ap = argparse.ArgumentParser()
+    add_guard_args(ap)
+    args = ap.parse_args([])
+    assert (args.no_repeat_ngram, args.no_repeat_window, args.no_repeat_whitelist) == (30, 90, "<td>,</td>")
+    kwargs, info = guard_kwargs(args, Tok())
+    assert kwargs == {"no_repeat_ngram": 30, "no_repeat_window": 90, "no_repeat_whitelist": frozenset({7})}
+    assert info["whitelist"] == {"<td>": 7, "</td>": None} and "</td>" in info["whitelist_left_out"]
+    kwargs, info = guard_kwargs(ap.parse_args(["--no-repeat-ngram", "20", "--no-repeat-window", "50",
+                                               "--no-repeat-whitelist", "<tr>"]), Tok())
+    assert kwargs["no_repeat_whitelist"] == frozenset({9}) and "whitelist_left_out" not in info
+    assert guard_kwargs(ap.parse_args(["--no-repeat-whitelist", ""]), Tok())[0]["no_repeat_whitelist"] == frozenset()
+    assert guard_kwargs(ap.parse_args(["--no-repeat-ngram", "0"]), Tok())[1]["semantics"] == "off"
+    assert check_guard_args(args) is None
+    assert "--no-repeat-ngram must be >= 0" in check_guard_args(ap.parse_args(["--no-repeat-ngram", "-1"]))
+    assert "--no-repeat-window must be >= 1" in check_guard_args(ap.parse_args(["--no-repeat-window", "0"]))

@@ -129,8 +129,15 @@ def score(pred: str, gt: str) -> dict[str, float]:
 
 
 def summarize(rows: list[dict[str, float]]) -> dict[str, float]:
-    """Mean of each metric over samples (pages), plus n."""
+    """Mean of each metric over samples (pages), plus n; when the rows hold their outputs ("pred", as
+    transcribe.evaluate_records writes them), the repetition figures too (repetition.repetition_summary:
+    repetition_rate, n_looped, olmocr_repeat_fail_rate, and no_stop_rate when the rows say "stopped")."""
     n = len(rows)
     out = {k: (sum(r[k] for r in rows) / n if n else 0.0) for k in METRICS}
     out["n"] = n
+    if all("pred" in r for r in rows):
+        from nanoocr.eval.repetition import repetition_summary
+        stopped = [r["stopped"] for r in rows] if all("stopped" in r for r in rows) else None
+        rep = repetition_summary([r["pred"] for r in rows], stopped=stopped)
+        out.update({k: v for k, v in rep.items() if k != "n"})
     return out

@@ -30,7 +30,7 @@ of more than `max_repeats` whitespace characters is itself a loop (a model emitt
 The unit found is the smallest qualifying one; truncated final copies are fine ("abcabcab" has unit "cab").
 
 The decoding guard that prevents these loops lives with generation, in `nanoocr.model.ngram_guard`
-(nanoocr/model imports nothing of eval/).
+(nanoocr/model imports nothing of eval/); its command-line flags (`add_guard_args`, `guard_kwargs`) are here.
 """
 from __future__ import annotations
 
@@ -108,3 +108,50 @@ def repetition_summary(texts: list[str], cfg: RepetitionConfig = DEFAULT, stoppe
         assert len(stopped) == n, f"{len(stopped)} stopped flags for {n} texts"
         out["no_stop_rate"] = sum(not s for s in stopped) / n if n else 0.0
     return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The decoding guard's flags in the CLIs (sample, evaluate): the guard itself is nanoocr.model.ngram_guard, applied
+# by the engine; its defaults are DeepSeek-OCR's released image script / vLLM model card settings. Pure Python
+# here, so the CLIs parse and check them before torch is imported.
+GUARD_WHITELIST = "<td>,</td>"
+
+
+def add_guard_args(ap) -> None:
+    """--no-repeat-ngram / --no-repeat-window / --no-repeat-whitelist on an argparse parser."""
+    from nanoocr.model.ngram_guard import NGRAM_SIZE, WINDOW_SIZE
+    ap.add_argument("--no-repeat-ngram", type=int, default=NGRAM_SIZE,
+                    help=f"ban a token that would repeat an n-gram of this size seen in the window (vLLM "
+                         f"NGramPerReqLogitsProcessor; 0: off; default {NGRAM_SIZE})")
+    ap.add_argument("--no-repeat-window", type=int, default=WINDOW_SIZE,
+                    help=f"how many generated tokens back the guard looks (default {WINDOW_SIZE})")
+    ap.add_argument("--no-repeat-whitelist", default=GUARD_WHITELIST,
+                    help=f"comma-separated strings never banned, each used when it is ONE token of this tokenizer "
+                         f"(default {GUARD_WHITELIST!r}, DeepSeek's; '' for none)")
+
+
+def check_guard_args(args) -> str | None:
+    """The usage error of the guard flags, or None."""
+    if args.no_repeat_ngram < 0:
+        return f"--no-repeat-ngram must be >= 0 (0 turns the guard off), got {args.no_repeat_ngram}"
+    if args.no_repeat_window < 1:
+        return f"--no-repeat-window must be >= 1, got {args.no_repeat_window}"
+    return None
+
+
+def guard_kwargs(args, tokenizer) -> tuple[dict, dict]:
+    """(Engine.generate kwargs, a description for reports) of the guard flags; the whitelist strings are mapped
+    to this tokenizer's ids, and a string that is not one token is reported as left out (it cannot be
+    whitelisted by id: vLLM's whitelist is ids too)."""
+    from nanoocr.model.ngram_guard import single_token_ids
+    texts = [t for t in args.no_repeat_whitelist.split(",") if t]
+    ids = {t: sorted(single_token_ids(tokenizer.encode, [t])) for t in texts}
+    whitelist = frozenset(i for v in ids.values() for i in v)
+    info = {"ngram_size": args.no_repeat_ngram, "window_size": args.no_repeat_window,
+            "whitelist": {t: (v[0] if v else None) for t, v in ids.items()},
+            "semantics": "vLLM NGramPerReqLogitsProcessor" if args.no_repeat_ngram else "off"}
+    left_out = [t for t, v in ids.items() if not v]
+    if left_out:
+        info["whitelist_left_out"] = f"{', '.join(left_out)}: not one token of this tokenizer"
+    return {"no_repeat_ngram": args.no_repeat_ngram, "no_repeat_window": args.no_repeat_window,
+            "no_repeat_whitelist": whitelist}, info

@@ -2,6 +2,11 @@
 
     python -m nanoocr.sample --model DIR --image page.png
     python -m nanoocr.sample --model DIR --image paper.pdf --page 3 [--mode gundam] [--max-new-tokens 1024]
+        [--no-repeat-ngram 30 --no-repeat-window 90 --no-repeat-whitelist "<td>,</td>"]
+
+Decoding uses the no-repeat n-gram guard of the serving stack (vLLM NGramPerReqLogitsProcessor semantics,
+DeepSeek-OCR's image-script settings by default; --no-repeat-ngram 0 turns it off). An output that ran to
+--max-new-tokens without stopping is said so on stderr (the text may be cut, or a loop).
 """
 from __future__ import annotations
 
@@ -44,7 +49,11 @@ def main(argv=None) -> int:
     ap.add_argument("--mode", help="image mode (default: the one the model was trained with)")
     ap.add_argument("--prompt", help="user prompt containing <image> (default: the training prompt)")
     ap.add_argument("--max-new-tokens", type=int, default=1024)
+    from nanoocr.eval.repetition import add_guard_args, check_guard_args
+    add_guard_args(ap)
     args = ap.parse_args(argv)
+    if check_guard_args(args):
+        ap.error(check_guard_args(args))
     from nanoocr.data.images import MODES, ImageError
     if args.page < 1:
         ap.error(f"--page must be >= 1 (pages are numbered from 1), got {args.page}")
@@ -65,6 +74,7 @@ def main(argv=None) -> int:
         return 2
 
     from nanoocr.model.engine import PromptTooLong
+    from nanoocr.eval.repetition import guard_kwargs
     from nanoocr.eval.transcribe import ExportError, load_export, transcribe
     try:
         model, tokenizer, meta = load_export(args.model)
@@ -72,15 +82,18 @@ def main(argv=None) -> int:
         print(f"error: --model {e}", file=sys.stderr)
         return 2
     try:
-        text = transcribe(model, tokenizer, [image], prompt=args.prompt or meta["prompt"],
-                          mode=args.mode or meta["mode"], max_new_tokens=args.max_new_tokens)[0]
+        texts, stopped = transcribe(model, tokenizer, [image], prompt=args.prompt or meta["prompt"],
+                                    mode=args.mode or meta["mode"], max_new_tokens=args.max_new_tokens,
+                                    return_stopped=True, **guard_kwargs(args, tokenizer)[0])
     except ImageError as e:  # e.g. an aspect ratio no view of this mode can hold
         print(f"error: {path}: {e}", file=sys.stderr)
         return 2
     except PromptTooLong as e:  # a Gundam image with many crops, or too many new tokens for this model
         print(f"error: {path}: {e} (lower --max-new-tokens, or use a mode with fewer image tokens)", file=sys.stderr)
         return 2
-    print(text)
+    print(texts[0])
+    if not stopped[0]:
+        print(f"note: generation ran to --max-new-tokens {args.max_new_tokens} without stopping", file=sys.stderr)
     return 0
 
 

@@ -2,7 +2,9 @@
 
 Used by the end-of-run evaluation, the GenerationEval callback, `nanoocr.eval.sample` and `nanoocr.eval.evaluate`.
 No Composer here. The prompt is the user turn of the training conversations (`records.OCR_PROMPT` by
-default) rendered for completion, with the single <|image|> expanded to the image's token count.
+default) rendered for completion, with the single <|image|> expanded to the image's token count. A
+transcription can report whether generation stopped on its own, and every scored row says whether its
+output ends in a repetition loop (`nanoocr.eval.repetition`).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from nanoocr.model.distributed import full_params, unwrap
 from nanoocr.model.engine import Engine
 from nanoocr.data.images import MODES, image_views, open_image
 from nanoocr.eval.metrics import score, summarize
+from nanoocr.eval.repetition import ends_in_loop
 from nanoocr.data.processing import expand_image
 from nanoocr.data.records import IMAGE_TAG, OCR_PROMPT
 
@@ -69,14 +72,16 @@ def build_prompt(tokenizer, image: Image.Image, prompt: str, mode: str, min_crop
 @torch.no_grad()
 def transcribe(model, tokenizer, images: list, prompt: str = OCR_PROMPT, mode: str = "base",
                max_new_tokens: int = 512, batch_size: int = 8, min_crops: int = 2, max_crops: int = 6,
-               **generate_kwargs) -> list[str]:
-    """Greedy transcription of PIL images (or bytes/paths), `batch_size` images per generate call.
+               return_stopped: bool = False, **generate_kwargs):
+    """Greedy transcription of PIL images (or bytes/paths), `batch_size` images per generate call: the texts,
+    or with return_stopped (texts, stopped): stopped[i] False when image i ran to max_new_tokens.
 
     `model`: a NanoOCR, or the Trainer's wrapped model (ComposerNanoOCR / DDP / FSDP). Sharded (FSDP), pass
     the outermost module and call this on every rank: its parameters are gathered (full_params) first."""
     with full_params(model):
-        return _transcribe(unwrap(model), tokenizer, images, prompt, mode, max_new_tokens, batch_size, min_crops,
-                           max_crops, **generate_kwargs)
+        texts, stopped = _transcribe(unwrap(model), tokenizer, images, prompt, mode, max_new_tokens, batch_size,
+                                     min_crops, max_crops, **generate_kwargs)
+    return (texts, stopped) if return_stopped else texts
 
 
 def _transcribe(model, tokenizer, images, prompt, mode, max_new_tokens, batch_size, min_crops, max_crops,
@@ -85,7 +90,7 @@ def _transcribe(model, tokenizer, images, prompt, mode, max_new_tokens, batch_si
     model.eval()
     device = next(model.parameters()).device
     stop = [tokenizer.token_id("<|assistant_end|>"), tokenizer.bos_id]
-    engine, texts = Engine(model), []
+    engine, texts, stopped = Engine(model), [], []
     for i in range(0, len(images), batch_size):
         chunk = [im if isinstance(im, Image.Image) else open_image(im) for im in images[i:i + batch_size]]
         prompts, views = zip(*(build_prompt(tokenizer, im, prompt, mode, min_crops, max_crops) for im in chunk))
@@ -95,27 +100,32 @@ def _transcribe(model, tokenizer, images, prompt, mode, max_new_tokens, batch_si
             images=torch.stack([v.global_view for v in views]).to(device),
             crops=torch.cat(crops).to(device) if crops else None,
             tiles=torch.tensor([v.tiles for v in views], dtype=torch.long, device=device),
-            max_new_tokens=max_new_tokens, stop_ids=stop, **generate_kwargs)
-        texts += [tokenizer.decode(ids) for ids in out]
+            max_new_tokens=max_new_tokens, stop_ids=stop, return_stopped=True, **generate_kwargs)
+        texts += [tokenizer.decode(ids) for ids in out[0]]
+        stopped += out[1]
     model.train(was_training)
-    return texts
+    return texts, stopped
 
 
 def evaluate_records(model, tokenizer, records: list[dict], mode: str = "base", max_new_tokens: int = 512,
                      batch_size: int = 8, **kwargs) -> tuple[dict, list[dict]]:
-    """Transcribe unified records (image + user prompt) and score against the assistant answer.
-    `model` as in `transcribe` (sharded: every rank, the outermost module)."""
+    """Transcribe unified records (image + user prompt) and score against the assistant answer: (summary, rows),
+    each row {"id", "pred", "gt", <metrics>, "ends_in_loop", "stopped"}, the summary with the repetition rate.
+    `model` as in `transcribe` (sharded: every rank, the outermost module); kwargs go to Engine.generate."""
     def prompt_of(r):  # the first user turn (a leading system message is not part of the image prompt)
         return next(m["content"] for m in r["messages"] if m["role"] == "user")
 
     rows = []
     for prompt in sorted({prompt_of(r) for r in records}):  # one generate call shape per prompt text
         group = [r for r in records if prompt_of(r) == prompt]
-        preds = transcribe(model, tokenizer, [r["image"] for r in group], prompt=prompt, mode=mode,
-                           max_new_tokens=max_new_tokens, batch_size=batch_size, **kwargs)
-        for r, pred in zip(group, preds):
+        preds, stopped = transcribe(model, tokenizer, [r["image"] for r in group], prompt=prompt, mode=mode,
+                                    max_new_tokens=max_new_tokens, batch_size=batch_size, return_stopped=True,
+                                    **kwargs)
+        for r, pred, stop in zip(group, preds, stopped):
             gt = next(m["content"] for m in r["messages"] if m["role"] == "assistant")
-            rows.append({"id": r["id"], "pred": pred, "gt": gt, **score(pred, gt)})
+            rows.append({"id": r["id"], "pred": pred, "gt": gt, **score(pred, gt), "ends_in_loop": ends_in_loop(pred),
+                         "stopped": stop})
     order = {r["id"]: i for i, r in enumerate(records)}
     rows.sort(key=lambda row: order[row["id"]])
     return summarize(rows), rows
+

@@ -9,8 +9,11 @@ Notable features:
 - greedy (temperature 0) or temperature / top-k sampling with a seeded torch.Generator
 - stop tokens (e.g. <|assistant_end|>, <|bos|>), max_new_tokens
 - a prompt + max_new_tokens beyond the model's positions is `PromptTooLong` (a ValueError), before any compute
-- DeepSeek-OCR's no-repeat n-gram guard: a token that would complete an n-gram already seen within the
-  last `window` generated tokens is banned (OCR models fall into repetition loops)
+- the no-repeat n-gram guard of the serving stack (`ngram_guard.NGramGuard`, vLLM NGramPerReqLogitsProcessor
+  semantics): a token that would complete an n-gram already seen within the last `window` generated tokens
+  is banned, whitelisted ids excepted (OCR models fall into repetition loops)
+- `return_stopped=True`: also says per row whether it stopped on its own (a stop token) or ran to
+  max_new_tokens (the no-stop rate: DeepSeek's PDF script counts an output without end as a repeat)
 - the image token is never generated (it would need vision vectors)
 - `use_cache=False` recomputes the full forward every step (reference for tests and benchmarks)
 """
@@ -18,33 +21,20 @@ Notable features:
 import torch
 
 from nanoocr.model.gpt import KVCache
+from nanoocr.model.ngram_guard import NGRAM_SIZE, WINDOW_SIZE, NGramGuard
 
-# DeepSeek-OCR's reference decodes with NoRepeatNGram(ngram_size=30, window_size=90) in its image/PDF
-# scripts (20/50 elsewhere). 30 tokens is long enough that legitimate repetition (table rows, repeated
-# words, numbers) is practically never blocked, and a window of 90 bounds the per-step cost.
-NO_REPEAT_NGRAM = 30
-NO_REPEAT_WINDOW = 90
+# DeepSeek-OCR's image script and vLLM model card decode with ngram_size=30, window_size=90 (ngram_guard's
+# GUARD_PRESETS has the others). 30 tokens is long enough that legitimate repetition (table rows, repeated
+# words, numbers) is practically never blocked, and a window of 90 bounds the per-step cost. The whitelist
+# defaults to none here: DeepSeek's {<td>, </td>} ids mean nothing in another vocabulary (the CLIs map the
+# strings to this tokenizer's ids, `ngram_guard.single_token_ids`). no_repeat_ngram=0 turns the guard off.
+NO_REPEAT_NGRAM = NGRAM_SIZE
+NO_REPEAT_WINDOW = WINDOW_SIZE
 
 
 class PromptTooLong(ValueError):
     """The prompt plus max_new_tokens do not fit the model's positions: an input problem (a long prompt, a
     Gundam image with many crops, too large a --max-new-tokens), reported and skipped, not a crash."""
-
-
-def banned_ngram_tokens(tokens, n, window, whitelist=()):
-    """Tokens that would complete an n-gram already present in the last `window` tokens.
-
-    Same rule as DeepSeek-OCR's NoRepeatNGramLogitsProcessor: the current (n-1)-token suffix is
-    compared with every n-gram starting inside the window; the n-gram's last token is banned."""
-    if n <= 0 or len(tokens) < n:
-        return set()
-    prefix = tuple(tokens[len(tokens) - (n - 1):]) if n > 1 else ()
-    start = max(0, len(tokens) - window)
-    banned = set()
-    for i in range(start, len(tokens) - n + 1):
-        if tuple(tokens[i:i + n - 1]) == prefix:
-            banned.add(tokens[i + n - 1])
-    return banned - set(whitelist)
 
 
 def sample_next(logits, temperature, top_k, generator):
@@ -76,10 +66,11 @@ class Engine:
     @torch.inference_mode()
     def generate(self, prompts, images=None, crops=None, tiles=None, max_new_tokens=256, temperature=0.0,
                  top_k=None, stop_ids=(), no_repeat_ngram=NO_REPEAT_NGRAM, no_repeat_window=NO_REPEAT_WINDOW,
-                 no_repeat_whitelist=(), seed=None, use_cache=True):
+                 no_repeat_whitelist=(), seed=None, use_cache=True, return_stopped=False):
         """prompts: list of token-id lists (image prompts already expanded to their image-token count);
         images/crops/tiles: as NanoOCR.forward, in prompt order. Returns the new tokens of each prompt,
-        without the stop token."""
+        without the stop token; with return_stopped, (tokens, stopped): stopped[b] is True when row b
+        ended on a stop token, False when it ran to max_new_tokens."""
         assert len(prompts) > 0 and all(len(p) > 0 for p in prompts), "every prompt needs at least one token"
         assert temperature >= 0.0, f"temperature must be >= 0, got {temperature}"
         assert top_k is None or top_k > 0, f"top_k must be positive, got {top_k}"
@@ -109,6 +100,9 @@ class Engine:
             crops = None if crops is None else crops.to(device)
             vision = self.model.encode_images(images.to(device), crops, tiles)  # (N_tokens, C), once for all steps
 
+        # vLLM validates the guard's parameters up front (a window of 0 is refused, not silently no guard)
+        guard = NGramGuard(no_repeat_ngram, no_repeat_window, no_repeat_whitelist) if no_repeat_ngram > 0 else None
+
         generator = None
         if temperature > 0.0:
             generator = torch.Generator(device=device)
@@ -136,11 +130,8 @@ class Engine:
             logits = logits.float()
             if image_id is not None:
                 logits[:, image_id] = float("-inf")  # an image position without vision vectors is meaningless
-            if no_repeat_ngram > 0:
-                for b in range(B):
-                    banned = banned_ngram_tokens(out[b], no_repeat_ngram, no_repeat_window, no_repeat_whitelist)
-                    if banned:
-                        logits[b, list(banned)] = float("-inf")
+            if guard is not None:  # over each row's GENERATED tokens, as vLLM's per-request processor
+                logits = guard(out, logits)
             next_ids = sample_next(logits, temperature, top_k, generator)  # (B,)
             for b, t in enumerate(next_ids.tolist()):
                 if done[b]:
@@ -158,4 +149,4 @@ class Engine:
                 logits = gpt.trunk(x, kv_cache=kv_cache, positions=(lengths_t + step)[:, None] if padded else None,
                                    attn_mask=valid[:, :L + step + 1] if padded else None, last_only=True,
                                    ids=next_ids[:, None])[:, -1]
-        return out
+        return (out, done) if return_stopped else out

@@ -19,11 +19,15 @@ with `single_token_ids`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # pure Python at import: the CLIs read the defaults before torch is imported
+    import torch
 
 # DeepSeek's <td>, </td> ids in its own tokenizer (vocab 129280): the released scripts whitelist them.
 DEEPSEEK_TD_IDS = frozenset({128821, 128822})
+# The released image script's and vLLM model card's sizes: the defaults of the guard, the engine and the CLIs.
+NGRAM_SIZE, WINDOW_SIZE = 30, 90
 
 
 @dataclass(frozen=True)
@@ -33,8 +37,8 @@ class NGramGuard:
     guard(history, logits) -> logits: `history` the generated ids of one request (list[int]) with logits of
     shape (V,), or one history per row (list[list[int]]) with logits (B, V). Masks IN PLACE (as vLLM does)
     and returns the same tensor, so a greedy loop can write `logits = guard(out, logits)`."""
-    ngram_size: int = 30
-    window_size: int = 90
+    ngram_size: int = NGRAM_SIZE
+    window_size: int = WINDOW_SIZE
     whitelist_token_ids: frozenset = DEEPSEEK_TD_IDS
 
     def __post_init__(self):

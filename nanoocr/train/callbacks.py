@@ -216,7 +216,7 @@ class GenerationEval(Callback):
         with full_params(state.model):  # every rank: collective under FSDP (generation runs outside its forward)
             summary, _ = evaluate_records(_unwrap(state.model), self.tokenizer, self.samples, mode=self.mode,
                                           max_new_tokens=self.max_new_tokens)
-        logger.log_metrics({"eval_gen/exact_match": summary["exact_match"], "eval_gen/cer": summary["cer"]})
+        logger.log_metrics({f"eval_gen/{k}": summary[k] for k in ("exact_match", "cer", "repetition_rate")})
 
 
 class LossCurve(Callback):

@@ -202,17 +202,23 @@ def read(root, render: bool = True, prompt: str = PROMPT, dpi: int | None = None
     records = []
     for (pdf, page), page_tests in sorted(pages.items()):
         rec = {"id": f"{pdf}#p{page}", "pdf": pdf, "page": page, "image": None, "prompt": prompt, "tests": page_tests}
-        if render:
-            from nanoocr.data.pdf import DPI, PopplerError, render_page
-            path = root / "pdfs" / pdf
-            try:
-                if not path.resolve().is_relative_to((root / "pdfs").resolve()):
-                    raise ValueError(f"pdf path escapes {root / 'pdfs'}")
-                rec["image"] = render_page(path, page, dpi or DPI)
-            except (PopplerError, OSError, ValueError) as e:
-                rec["error"] = f"{path}: {e}"
-        records.append(rec)
+        records.append(render_record(root, rec, dpi) if render else rec)
     return records
+
+
+def render_record(root, rec: dict, dpi: int | None = None) -> dict:
+    """`rec` with "image" the PNG bytes of its page (poppler), or "error" the reason; apart from `read` so that
+    a caller taking a few records of a large benchmark (evaluate --limit) renders only those."""
+    from nanoocr.data.pdf import DPI, PopplerError, render_page
+    root = Path(root)
+    path = root / "pdfs" / rec["pdf"]
+    try:
+        if not path.resolve().is_relative_to((root / "pdfs").resolve()):
+            raise ValueError(f"pdf path escapes {root / 'pdfs'}")
+        rec["image"] = render_page(path, rec["page"], dpi or DPI)
+    except (PopplerError, OSError, ValueError) as e:
+        rec["error"] = f"{path}: {e}"
+    return rec
 
 
 def score(pred: str, record: dict) -> dict:
