@@ -198,7 +198,7 @@ class VisionCollapseMonitor(Callback):
 
 
 class GenerationEval(Callback):
-    """Every `interval` batches: greedy-transcribe the held-out samples, log exact match and CER."""
+    """Every `interval` batches: greedy-transcribe the held-out samples, log exact match, CER and the repetition rate."""
 
     def __init__(self, samples: list[dict], tokenizer, mode: str, interval: int = 100, max_new_tokens: int = 128):
         self.samples, self.tokenizer, self.mode = samples, tokenizer, mode
