@@ -49,7 +49,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanoocr.model.gpt import apply_rotary_emb, log_once, precompute_rotary, rotary_at, use_triton
+from nanoocr.model.gpt import apply_rotary_emb, attend, precompute_rotary, rotary_at
 
 
 @dataclass
@@ -211,22 +211,8 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, self.n_head, self.head_dim)
         cos, sin = cos_sin
         q, k = apply_rotary_half(q, cos, sin), apply_rotary_half(k, cos, sin)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
-        if kv_cache is not None:
-            k, v = kv_cache.insert(self.layer_idx, k, v)  # (B, H, Tk, D)
-        Tq, Tk = q.size(2), k.size(2)
-        if kv_cache is None and mask is None and use_triton(self.attn_impl, q):
-            from kernels.attention import attention  # lazy: the model must import without the kernels
-            log_once("attention: Triton kernel (kernels.attention)")
-            y = attention(q, k, v, 1.0 / math.sqrt(self.head_dim))
-        elif mask is not None:  # (B or 1, 1, Tq, Tk) bool, True = attend (padding, chunked prefill)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        elif Tq == Tk:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
-            assert Tq == 1, f"a cached multi-token step needs a mask (Tq={Tq}, Tk={Tk})"
-            y = F.scaled_dot_product_attention(q, k, v)  # one query sees every cached key
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, C))
+        y = attend(q, k, v, self.layer_idx, kv_cache, mask, self.attn_impl)  # (B, T, H, D)
+        return self.o_proj(y.reshape(B, T, C))
 
 
 class MLP(nn.Module):

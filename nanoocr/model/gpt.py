@@ -145,6 +145,31 @@ def rotary_at(cos, sin, B: int, T: int, t0: int, positions=None):
     return cos[0, positions], sin[0, positions]
 
 
+def attend(q, k, v, layer_idx: int, kv_cache=None, mask=None, attn_impl: str = "torch"):
+    """Causal attention of (B, T, H, D) q, k, v after rotary: appends k, v to the cache, then the Triton
+    kernel (no cache, no mask) or torch SDPA; returns (B, T, H, D). The one attention dispatch of the GPT
+    and the DeepSeek decoder."""
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
+    if kv_cache is not None:
+        k, v = kv_cache.insert(layer_idx, k, v)  # (B, H, Tk, D)
+    Tq, Tk = q.size(2), k.size(2)
+    if kv_cache is None and mask is None and use_triton(attn_impl, q):
+        from kernels.attention import attention  # lazy: the model must import without the kernels
+        log_once("attention: Triton kernel (kernels.attention)")
+        y = attention(q, k, v, 1.0 / math.sqrt(q.size(-1)))
+    else:
+        log_once("attention: torch SDPA")
+        if mask is not None:  # (B or 1, 1, Tq, Tk) bool, True = attend (padding, chunks, windows)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif Tq == Tk:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            # single-stream decoding with a cache: the Tq queries are the last Tq positions
+            assert Tq == 1, f"a cached multi-token step needs a mask (Tq={Tq}, Tk={Tk})"
+            y = F.scaled_dot_product_attention(q, k, v)  # one query sees every cached key
+    return y.transpose(1, 2)
+
+
 def apply_rotary_emb(x, cos, sin):
     # x: (B, T, H, D); cos/sin: (1 or B, T, 1, D/2)
     assert x.ndim == 4, f"expected (B, T, H, D), got {tuple(x.shape)}"
@@ -212,26 +237,8 @@ class CausalSelfAttention(nn.Module):
         q, k = norm(q), norm(k)  # QK norm, after rotary (nanochat's order)
         if self.qk_scale != 1.0:  # sharper attention than unit-norm q.k allows (nanochat 2026)
             q, k = q * self.qk_scale, k * self.qk_scale
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
-        if kv_cache is not None:
-            k, v = kv_cache.insert(self.layer_idx, k, v)  # (B, H, Tk, D)
-        Tq, Tk = q.size(2), k.size(2)
-        if kv_cache is None and mask is None and use_triton(self.attn_impl, q):
-            from kernels.attention import attention  # lazy: the model must import without the kernels
-            log_once("attention: Triton kernel (kernels.attention)")
-            y = attention(q, k, v, 1.0 / math.sqrt(self.head_dim))
-        else:
-            log_once("attention: torch SDPA")
-            if mask is not None:  # (B or 1, 1, Tq, Tk) bool, True = attend (padding, chunks, windows)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            elif Tq == Tk:
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            else:
-                # single-stream decoding with a cache: the Tq queries are the last Tq positions
-                assert Tq == 1, f"a cached multi-token step needs a mask (Tq={Tq}, Tk={Tk})"
-                y = F.scaled_dot_product_attention(q, k, v)  # one query sees every cached key
-        y = y.transpose(1, 2).contiguous().view(B, T, -1)  # (B, T, C)
-        return self.c_proj(y)
+        y = attend(q, k, v, self.layer_idx, kv_cache, mask, self.attn_impl)
+        return self.c_proj(y.reshape(B, T, -1))  # (B, T, C)
 
 
 class MLP(nn.Module):
