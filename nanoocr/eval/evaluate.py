@@ -454,13 +454,14 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=8, help="images per generate call")
     ap.add_argument("--max-new-tokens", type=int, default=512)
     ap.add_argument("--limit", type=int, default=None, help="read at most N records (benchmarks: pages)")
-    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--prompt", help="--benchmark only: the user prompt, holding <image> once (default: the "
                                      "benchmark's, DeepSeek-OCR's '<image>\\nFree OCR.')")
     ap.add_argument("--fox-lang", choices=("en", "cn"), default=None, help="--benchmark fox: the page set (en)")
     ap.add_argument("--fox-tokens", default=None, help="--benchmark fox: keep pages whose ground truth has LO-HI "
                                                        "tokens, binned by 100 (default 600-1300, DeepSeek-OCR's)")
     add_guard_args(ap)
+    from nanoocr.model.precision import add_device_args
+    add_device_args(ap)
     args = ap.parse_args(argv)
     if args.batch_size < 1 or args.max_new_tokens < 1 or (args.limit is not None and args.limit < 0):
         ap.error("--batch-size and --max-new-tokens must be >= 1, --limit >= 0")
@@ -501,16 +502,16 @@ def main(argv=None) -> int:
     from nanoocr.eval.metrics import summarize
     from nanoocr.eval.repetition import guard_kwargs
     from nanoocr.eval.transcribe import ExportError, load_export
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    kind, _, index = device.partition(":")
-    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
-        ap.error(f"--device {device!r}: expected cpu, cuda or cuda:N")
-    if kind == "cuda" and int(index or 0) >= torch.cuda.device_count():
-        ap.error(f"--device {device}: no such CUDA device ({torch.cuda.device_count()} available)")
+    from nanoocr.model.precision import device_from_args
     try:
-        model, tokenizer, meta = load_export(args.model, device=device)
+        device = device_from_args(args)
+    except ValueError as e:
+        ap.error(str(e))
+    try:
+        model, tokenizer, meta = load_export(args.model, device=device, dtype=args.dtype)
     except ExportError as e:
         ap.error(f"--model {e}")
+    print(f"[nanoocr] precision: {meta['precision']}", file=sys.stderr, flush=True)
     if args.max_new_tokens >= model.gpt.rotary_seq_len:  # no record could be evaluated: say so before reading data
         ap.error(f"--max-new-tokens {args.max_new_tokens}: the model holds {model.gpt.rotary_seq_len} positions, "
                  "prompt and image tokens included")

@@ -51,6 +51,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=1024)
     from nanoocr.eval.repetition import add_guard_args, check_guard_args
     add_guard_args(ap)
+    from nanoocr.model.precision import add_device_args
+    add_device_args(ap)
     args = ap.parse_args(argv)
     if check_guard_args(args):
         ap.error(check_guard_args(args))
@@ -76,11 +78,17 @@ def main(argv=None) -> int:
     from nanoocr.model.engine import PromptTooLong
     from nanoocr.eval.repetition import guard_kwargs
     from nanoocr.eval.transcribe import ExportError, load_export, transcribe
+    from nanoocr.model.precision import device_from_args
     try:
-        model, tokenizer, meta = load_export(args.model)
+        device = device_from_args(args)
+    except ValueError as e:
+        ap.error(str(e))
+    try:
+        model, tokenizer, meta = load_export(args.model, device=device, dtype=args.dtype)
     except ExportError as e:
         print(f"error: --model {e}", file=sys.stderr)
         return 2
+    print(f"[nanoocr] precision: {meta['precision']}", file=sys.stderr, flush=True)
     try:
         texts, stopped = transcribe(model, tokenizer, [image], prompt=args.prompt or meta["prompt"],
                                     mode=args.mode or meta["mode"], max_new_tokens=args.max_new_tokens,

@@ -17,6 +17,7 @@ from PIL import Image
 
 from nanoocr.model.distributed import full_params, unwrap
 from nanoocr.model.engine import Engine
+from nanoocr.model.precision import resolve
 from nanoocr.data.images import MODES, image_views, open_image
 from nanoocr.eval.metrics import score, summarize
 from nanoocr.eval.repetition import ends_in_loop
@@ -32,9 +33,10 @@ class ExportError(ValueError):
 _FILE_OF_ERROR = {"JSONDecodeError": "config.json is not JSON", "SafetensorError": "model.safetensors is unreadable"}
 
 
-def load_export(directory: str | Path, device: str = "cpu"):
-    """`export.load_model` for the CLIs: → (model, tokenizer, meta with a valid 'mode' and 'prompt'), or
-    ExportError. An export may come from anywhere, so every way it can be unusable (missing, a symlink loop,
+def load_export(directory: str | Path, device: str = "cpu", dtype: str = "auto"):
+    """`export.load_model` for the CLIs: → (model, tokenizer, meta with a valid 'mode' and 'prompt', and
+    'precision': what the model computes in and why), or ExportError. `dtype`: the CPU autocast setting
+    (auto | bf16 | fp32, nanoocr.model.precision). An export may come from anywhere, so every way it can be unusable (missing, a symlink loop,
     config.json not JSON or not matching the weights, a refused pickle, a broken tokenizer file...) is one
     error naming it, never a traceback; load_model itself allocates nothing before the config is checked."""
     from nanoocr.train.export import load_model
@@ -52,7 +54,8 @@ def load_export(directory: str | Path, device: str = "cpu"):
             reason = f"{directory}: {_FILE_OF_ERROR.get(type(e).__name__, 'not a usable export')}: {reason}"
         raise ExportError(reason) from None
     # meta comes from the same untrusted config.json: a bad mode or prompt would trip an assert mid-generation.
-    meta = {**meta, "mode": meta.get("mode", "base"), "prompt": meta.get("prompt", OCR_PROMPT)}
+    model.autocast_dtype, why = resolve(dtype, torch.device(device).type)
+    meta = {**meta, "mode": meta.get("mode", "base"), "prompt": meta.get("prompt", OCR_PROMPT), "precision": why}
     if not (isinstance(meta["mode"], str) and meta["mode"] in MODES):
         raise ExportError(f"{directory}/config.json: mode {meta['mode']!r} is not one of {sorted(MODES)}")
     if not (isinstance(meta["prompt"], str) and meta["prompt"].count(IMAGE_TAG) == 1):

@@ -22,6 +22,7 @@ import torch
 
 from nanoocr.model.gpt import KVCache
 from nanoocr.model.ngram_guard import NGRAM_SIZE, WINDOW_SIZE, NGramGuard
+from nanoocr.model.precision import autocast
 
 # DeepSeek-OCR's image script and vLLM model card decode with ngram_size=30, window_size=90 (ngram_guard's
 # GUARD_PRESETS has the others). 30 tokens is long enough that legitimate repetition (table rows, repeated
@@ -71,6 +72,17 @@ class Engine:
         images/crops/tiles: as NanoOCR.forward, in prompt order. Returns the new tokens of each prompt,
         without the stop token; with return_stopped, (tokens, stopped): stopped[b] is True when row b
         ended on a stop token, False when it ran to max_new_tokens."""
+        # CPU bf16 autocast when the model asks for it (nanoocr.model.precision); the KV cache then holds bf16
+        device = self.gpt.lm_head.weight.device
+        amp = getattr(self.model, "autocast_dtype", None) if device.type == "cpu" else None
+        with autocast(amp, device.type):
+            return self._generate(prompts, images, crops, tiles, max_new_tokens, temperature, top_k, stop_ids,
+                                  no_repeat_ngram, no_repeat_window, no_repeat_whitelist, seed, use_cache,
+                                  return_stopped, cache_dtype=amp or self.gpt.lm_head.weight.dtype)
+
+    def _generate(self, prompts, images, crops, tiles, max_new_tokens, temperature, top_k, stop_ids,
+                  no_repeat_ngram, no_repeat_window, no_repeat_whitelist, seed, use_cache, return_stopped,
+                  cache_dtype):
         assert len(prompts) > 0 and all(len(p) > 0 for p in prompts), "every prompt needs at least one token"
         assert temperature >= 0.0, f"temperature must be >= 0, got {temperature}"
         assert top_k is None or top_k > 0, f"top_k must be positive, got {top_k}"
@@ -112,7 +124,7 @@ class Engine:
         if use_cache:
             cfg = gpt.config
             kv_cache = KVCache(cfg.n_layer, B, cfg.n_head, cfg.n_embd // cfg.n_head, max_len,
-                               dtype=gpt.lm_head.weight.dtype, device=device)
+                               dtype=cache_dtype, device=device)
             x = self._embed(ids, vision)  # (B, L, C)
             logits = gpt.trunk(x, kv_cache=kv_cache, positions=positions if padded else None,
                                attn_mask=valid[:, :L] if padded else None, last_only=True, ids=ids)[:, -1]

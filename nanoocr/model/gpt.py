@@ -21,6 +21,8 @@ Two nanochat generations, same parameter names as nanochat so its checkpoints lo
 Additions for nanoocr:
 - per-row rotary positions and a key-padding mask (left-padded batched generation)
 - optional fused Triton attention (`attn_impl="triton"`, kernels/attention.py) for the full causal case
+- the training loss never builds the (B, T, V) logits (`loss_impl="chunked"`, nanoocr/model/loss.py);
+  "plain" is nanochat's lm_head -> softcap -> cross_entropy; loss_reduction="none" always takes it
 - each `Block` takes all its per-layer inputs as arguments, so torch's checkpoint_wrapper can wrap it
   from outside (the VLM does; the GPT itself has no checkpointing branch)
 - rotary cos/sin stay fp32 (nanochat keeps them in the compute dtype; fp32 keeps the fp32 test path
@@ -35,6 +37,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from nanoocr.model.loss import chunked_softcap_cross_entropy
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,7 @@ class GPTConfig:
     pad_vocab_size_to: int = 1  # wte/lm_head/value-embedding rows rounded up to a multiple (nanochat 2026: 64)
     attn_impl: str = "torch"  # "torch" (SDPA) | "triton" (kernels/attention.py)
     embed_impl: str = "torch"  # "torch" | "triton" (kernels/scatter.py; used by the VLM's embed+merge)
+    loss_impl: str = "chunked"  # "chunked" (nanoocr/model/loss.py: no (B, T, V) logits) | "plain"
 
     def __post_init__(self):
         assert self.n_kv_head == self.n_head, \
@@ -69,6 +74,7 @@ class GPTConfig:
         for field in ("attn_impl", "embed_impl"):
             value = getattr(self, field)
             assert value in ("torch", "triton"), f"{field} must be 'torch' or 'triton', got {value!r}"
+        assert self.loss_impl in ("chunked", "plain"), f"loss_impl must be 'chunked' or 'plain', got {self.loss_impl!r}"
         assert self.layout in LAYOUTS, f"layout must be one of {LAYOUTS}, got {self.layout!r}"
         assert self.window_pattern and set(self.window_pattern.upper()) <= set("SL"), \
             f"window_pattern must be a non-empty string of S and L, got {self.window_pattern!r}"
@@ -447,6 +453,10 @@ class GPT(nn.Module):
         x = norm(x)
         if last_only:
             x = x[:, -1:]
+        if targets is not None and self.config.loss_impl == "chunked" and loss_reduction in ("mean", "sum"):
+            assert targets.shape == (B, T), f"targets {tuple(targets.shape)} != ids {(B, T)}"
+            weight = self.lm_head.weight[:self.config.vocab_size]  # the padding rows get no gradient
+            return chunked_softcap_cross_entropy(x, weight, targets, self.config.softcap, loss_reduction)
         logits = self.lm_head(x)[..., :self.config.vocab_size].float()  # crop the padding rows; fp32 from here
         cap = self.config.softcap
         logits = cap * torch.tanh(logits / cap)  # (B, T, V)

@@ -49,6 +49,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
     checkpoint_wrapper,
 )
 
+from nanoocr.model.precision import autocast
 from nanoocr.model.tokens import layout_tokens
 from nanoocr.model.clip import CLIPConfig, CLIPEmbeddings, CLIPEncoder, CLIPLayer
 from nanoocr.model.gpt import GPT, GPTConfig, log_once, use_triton
@@ -100,6 +101,10 @@ WRAP_UNITS = (SAMBlock, CLIPLayer, GPTBlock)
 
 
 class NanoOCR(nn.Module):
+    # CPU bf16 autocast of forward and generation (nanoocr.model.precision), None = fp32. A runtime choice
+    # of the machine, not part of the config: the recipe and load_export set it.
+    autocast_dtype: torch.dtype | None = None
+
     def __init__(self, config):
         super().__init__()
         self.config = config
@@ -307,11 +312,12 @@ class NanoOCR(nn.Module):
         """ids/targets (B, T); images/crops/tiles as encode_images -> loss, or logits (B, T, V) without targets."""
         if images is None and (crops is not None or tiles is not None):
             raise ValueError("crops/tiles given without images")
-        vision = None if images is None else self.encode_images(images, crops, tiles)
-        x = self.embed(ids, vision)
-        if vision is None and self.training and torch.is_grad_enabled():
-            x = x + 0.0 * self._vision_touch()
-        return self.gpt.trunk(x, targets, loss_reduction=loss_reduction, ids=ids)
+        with autocast(self.autocast_dtype, ids.device.type):
+            vision = None if images is None else self.encode_images(images, crops, tiles)
+            x = self.embed(ids, vision)
+            if vision is None and self.training and torch.is_grad_enabled():
+                x = x + 0.0 * self._vision_touch()
+            return self.gpt.trunk(x, targets, loss_reduction=loss_reduction, ids=ids)
 
     def _vision_touch(self):
         """A zero that depends on every vision parameter, for a text-only (micro)batch in training.

@@ -188,6 +188,11 @@ def build_trainer(cfg: dict):
     model = build_model(cfg["model"], tokenizer)
     if is_rank0():  # again, with the GPT fields build_model took from a nanochat checkpoint
         om.save(om.create(cfg), Path(run_folder) / "config.yaml")
+    from nanoocr.model.precision import resolve
+    # Composer's precision is fp32 on CPU; the model's own autocast makes it bf16 where the CPU pays for it.
+    model.autocast_dtype, why = resolve(cfg["model"].get("cpu_autocast"), device)
+    print(f"[nanoocr] precision: {why}" if device == "cpu" else
+          f"[nanoocr] precision: the Trainer's {kwargs['precision']} ({why})", flush=True)
     composer_model = ComposerNanoOCR(model)
     mode = cfg["train_loader"]["dataset"].get("mode", "base")
     batch_size = cfg["device_train_batch_size"]

@@ -1,7 +1,9 @@
 """The thin Composer layer over NanoOCR: loss, metrics and FLOPs for MFU.
 
 The model itself (nanoocr.model.vlm) runs without Composer; this file only adapts it to `composer.Trainer`:
-- `forward(batch)` returns logits (B, T, V); `loss` is next-token cross-entropy, ignore index -1.
+- `forward(batch)` in training returns the loss itself (next-token cross-entropy, ignore index -1, through
+  the model's chunked loss: no (B, T, V) logits); `loss(outputs, batch)` passes it on. In eval,
+  `eval_forward` returns the logits (B, T, V) the metrics read.
 - metrics: LanguageCrossEntropy and token accuracy (MaskedAccuracy), both ignoring -1.
 - `flops_per_batch(batch)` (SpeedMonitor → MFU): 3x the forward FLOPs of the vision encoder per view
   size (counted once with torch's FlopCounterMode on the meta device), plus nanochat's GPT estimate
@@ -45,10 +47,18 @@ class ComposerNanoOCR(ComposerModel):
         self._vision_flops: dict[int, int] = {}
         self._meta_gpt: dict = {}  # in a dict, so it is not registered as a submodule (see flops_per_batch)
 
+    def _run(self, batch: dict, targets):
+        return self.model(batch["ids"], targets, batch.get("images"), batch.get("crops"), batch.get("tiles"))
+
     def forward(self, batch: dict) -> torch.Tensor:
-        return self.model(batch["ids"], None, batch.get("images"), batch.get("crops"), batch.get("tiles"))
+        """Training: the loss (a scalar). Not training (or no targets): logits (B, T, V)."""
+        if self.training and "targets" in batch:
+            return self._run(batch, batch["targets"])
+        return self._run(batch, None)
 
     def loss(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
+        if outputs.ndim == 0:  # forward computed it (training)
+            return outputs
         # (B, T, V) logits vs (B, T) targets; -1 marks image positions, padding and non-loss tokens.
         targets = batch["targets"].flatten()
         if not (targets != -1).any():  # a batch of only rejected-sample placeholders: nothing to learn
@@ -56,7 +66,7 @@ class ComposerNanoOCR(ComposerModel):
         return F.cross_entropy(outputs.float().flatten(0, 1), targets, ignore_index=-1)
 
     def eval_forward(self, batch: dict, outputs: torch.Tensor | None = None) -> torch.Tensor:
-        return outputs if outputs is not None else self.forward(batch)
+        return outputs if outputs is not None and outputs.ndim == 3 else self._run(batch, None)
 
     def get_metrics(self, is_train: bool = False):
         return self.train_metrics if is_train else self.val_metrics

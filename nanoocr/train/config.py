@@ -35,7 +35,8 @@ OWN_KEYS = {
 # means is then the closest suggestion: optimizers -> optimizer, parallelism_config -> fsdp_config ...).
 BUILT_TRAINER_ARGS = {"self", "model", "train_dataloader", "eval_dataloader", "optimizers", "schedulers",
                       "parallelism_config"}
-MODEL_KEYS = {"preset", "sam", "clip", "gpt", "vlm", "pretrained", "activation_checkpointing", "gpt_config_from"}
+MODEL_KEYS = {"preset", "sam", "clip", "gpt", "vlm", "pretrained", "activation_checkpointing", "gpt_config_from",
+              "cpu_autocast"}
 PRETRAINED_KEYS = {"hf_sam", "hf_clip", "nanochat", "nanochat_step", "deepseek"}
 TOKENIZER_KEYS = {"path", "kind", "train_vocab_size"}
 BUILD_DATA_KEYS = {"input", "pages", "out", "max_side", "workers", "max_pages", "val_fraction"}
@@ -184,6 +185,9 @@ def validate(cfg: dict) -> None:
         check_builder_kwargs(cfg["compile_config"], torch.compile, "compile_config", drop=("model",))
     model = cfg.get("model") or {}
     check_keys(model, MODEL_KEYS, "model")
+    from nanoocr.model.precision import SETTINGS
+    if model.get("cpu_autocast") is not None and model["cpu_autocast"] not in SETTINGS:
+        raise ConfigError(f"model.cpu_autocast must be one of {list(SETTINGS)}, got {model['cpu_autocast']!r}")
     check_keys(model.get("pretrained") or {}, PRETRAINED_KEYS, "model.pretrained")
     base = presets.build_config(model.get("preset", "nano"))
     for part, config in (("sam", base.sam), ("clip", base.clip), ("gpt", base.gpt), ("vlm", base)):
