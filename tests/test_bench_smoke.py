@@ -137,10 +137,13 @@ def test_memory(bench, tmp_path, capsys):
 
 def test_mfu(isolated):
     out = isolated["mfu"]
-    assert re.search(r"measured fp32 matmul peak: [\d.]+ GFLOP/s", out), out
-    (row,) = table_rows(out, "nano")
-    mfu = float(row[-1].rstrip("%"))
-    assert 0 < mfu < 100, row
+    for precision in ("fp32", "bf16"):  # both by default, each MFU against its own peak
+        assert re.search(rf"measured {precision} matmul peak: [\d.]+ GFLOP/s", out), out
+    fp32, bf16, ratio = table_rows(out, "nano")
+    assert (fp32[1], bf16[1]) == ("fp32", "bf16"), out
+    for row in (fp32, bf16):
+        assert 0 < float(row[-1].rstrip("%")) < 100, row
+    assert float(ratio[1].rstrip("x")) == pytest.approx(float(bf16[4]) / float(fp32[4]), rel=0.1), out  # samples/s
 
 
 @needs_poppler

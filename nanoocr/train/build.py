@@ -227,7 +227,7 @@ def build_trainer(cfg: dict):
         return recs
 
     ctx = {"tokenizer": tokenizer, "run_folder": run_folder, "mode": mode, "measure_peak": measure_matmul_peak,
-           "probe_images": probe_images, "heldout": heldout}
+           "autocast_dtype": model.autocast_dtype, "probe_images": probe_images, "heldout": heldout}
     algorithms = [builders.build(builders.ALGORITHMS[n], ctx, kw) for n, kw in (cfg.get("algorithms") or {}).items()]
     callbacks = [builders.build(builders.CALLBACKS[n], ctx, kw)
                  for n, kw in {**builders.DEFAULT_CALLBACKS, **(cfg.get("callbacks") or {})}.items()]

@@ -82,10 +82,12 @@ def _freeze(modules: list):
 
 def _speed_monitor(ctx, window_size: int = 10, peak_flops="auto", time_unit: str = "hours"):
     """Composer's SpeedMonitor; on a device without a peak table entry (CPU) the peak is measured now
-    (`auto`); a number sets it (Composer's gpu_flops_available)."""
+    (`auto`), in the precision the model computes in (ctx["autocast_dtype"]: bf16 autocast, or None = fp32),
+    so MFU is against that precision's peak; a number sets it (Composer's gpu_flops_available)."""
     import torch
     if peak_flops == "auto":
-        peak_flops = None if torch.cuda.is_available() else ctx["measure_peak"]()
+        dtype = ctx.get("autocast_dtype") or torch.float32
+        peak_flops = None if torch.cuda.is_available() else ctx["measure_peak"](dtype=dtype)
     return composer.callbacks.SpeedMonitor(window_size=window_size, gpu_flops_available=peak_flops,
                                            time_unit=time_unit)
 

@@ -1,14 +1,17 @@
-"""Training throughput and MFU on this machine, for the `nano`, `small` and `medium` presets.
+"""Training throughput and MFU on this machine, for the `nano`, `small` and `medium` presets, in fp32 and bf16.
 
-    python recipes/bench/mfu.py [--presets nano small medium] [--batch 4] [--steps 5] [--mode base]
+    python recipes/bench/mfu.py [--presets nano small medium] [--precisions fp32 bf16] [--batch 4] [--steps 5]
+                                [--mode base]
 
 The process keeps freed memory for reuse (nanoocr.train.memory.keep_freed_memory), as the recipe does on CPU.
 
-One run measures, side by side: the fp32 matmul peak of this device (best of repeated 2048³ matmuls,
-nanoocr.train.callbacks.measure_matmul_peak, also what the recipe's SpeedMonitor uses on CPU), then for each
-preset the time of full training steps (forward + backward + AdamW) on a batch of real rendered pages
-(base mode by default), the model FLOPs per step from ComposerNanoOCR.flops_per_batch (the number
-SpeedMonitor reports MFU from), samples/s and MFU = achieved FLOP/s ÷ measured peak.
+One run measures, side by side: the matmul peak of each precision on this device (best of repeated 2048³
+matmuls in fp32 / bf16, nanoocr.train.callbacks.measure_matmul_peak, also what the recipe's SpeedMonitor uses on
+CPU, in the precision the model runs in), then for each preset and precision the time of full training steps
+(forward + backward + AdamW, every layer trainable; bf16 = the model's CPU autocast, `NanoOCR.autocast_dtype`,
+fp32 master weights) on a batch of real rendered pages (base mode by default), the model FLOPs per step from
+ComposerNanoOCR.flops_per_batch (nanoocr.train.flops: the number SpeedMonitor reports MFU from), samples/s,
+MFU = achieved FLOP/s ÷ that precision's measured peak, and the bf16 ÷ fp32 throughput of each preset.
 """
 import argparse
 import datetime
@@ -18,6 +21,7 @@ import sys
 import torch
 
 from nanoocr.model import presets
+from nanoocr.model.precision import cpu_bf16_hardware
 from nanoocr.train.callbacks import measure_matmul_peak
 from nanoocr.train.composer_model import ComposerNanoOCR
 from nanoocr.data.stream import collate
@@ -29,9 +33,13 @@ from nanoocr.model.vlm import NanoOCR
 from common import cpu_model, training_step_seconds  # recipes/bench/common.py
 
 
+DTYPES = {"fp32": None, "bf16": torch.bfloat16}  # NanoOCR.autocast_dtype of each precision (None = plain fp32)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--presets", nargs="+", default=["nano", "small", "medium"])
+    ap.add_argument("--precisions", nargs="+", choices=sorted(DTYPES), default=["fp32", "bf16"])
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--mode", default="base")
@@ -43,25 +51,35 @@ def main(argv=None) -> int:
     tok = Tokenizer.train_from_iterator([m["content"] for r in records for m in r["messages"]], vocab_size=512)
     batch = collate([process_sample(r, tok, mode=args.mode, max_seq_len=1024) for r in records], tok.pad_id)
 
-    peak = measure_matmul_peak()
-    rows = []
+    peaks = {p: measure_matmul_peak(dtype=DTYPES[p] or torch.float32) for p in args.precisions}
+    rows, speed = [], {}
     for name in args.presets:
         cfg = presets.build_config(name, gpt={"vocab_size": tok.vocab_size}, image_token_id=tok.image_id)
         model = ComposerNanoOCR(NanoOCR(cfg))
         flops = model.flops_per_batch(batch)
-        t = training_step_seconds(model, batch, args.steps)
         n_params = sum(p.numel() for p in model.parameters())
-        rows.append((name, n_params, t, args.batch / t, flops / t, flops / t / peak))
+        for precision in args.precisions:
+            model.model.autocast_dtype = DTYPES[precision]  # the model applies it in its forward
+            t = training_step_seconds(model, batch, args.steps)
+            speed[name, precision] = args.batch / t
+            rows.append((name, precision, n_params, t, args.batch / t, flops / t, flops / t / peaks[precision]))
         del model
 
-    print(f"\n`python recipes/bench/mfu.py {' '.join(sys.argv[1:])}` — {datetime.date.today()}, {cpu_model()}, "
-          f"{os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), fp32, "
-          f"{args.mode} mode, batch {args.batch}, sequence {batch['ids'].shape[1]}, median of {args.steps} steps\n")
-    print(f"measured fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s\n")
-    print("| preset | params | s/step | samples/s | model GFLOP/s | MFU |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, n, t, sps, fps, mfu in rows:
-        print(f"| {name} | {n / 1e6:.1f}M | {t:.2f} | {sps:.2f} | {fps / 1e9:.1f} | {100 * mfu:.0f}% |")
+    _, bf16_hw = cpu_bf16_hardware()
+    print(f"\n`python recipes/bench/mfu.py {' '.join(sys.argv[1:])}` — {datetime.date.today()}, {cpu_model()} "
+          f"({bf16_hw}), {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+          f"{args.mode} mode, batch {args.batch}, sequence {batch['ids'].shape[1]}, median of {args.steps} steps, "
+          "every layer trainable\n")
+    for precision, peak in peaks.items():
+        print(f"measured {precision} matmul peak: {peak / 1e9:.1f} GFLOP/s")
+    print("\n| preset | precision | params | s/step | samples/s | model GFLOP/s | MFU |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name, precision, n, t, sps, fps, mfu in rows:
+        print(f"| {name} | {precision} | {n / 1e6:.1f}M | {t:.2f} | {sps:.2f} | {fps / 1e9:.1f} | {100 * mfu:.0f}% |")
+    if {"fp32", "bf16"} <= set(args.precisions):
+        print("\n| preset | bf16 ÷ fp32 throughput |\n|---|---:|")
+        for name in args.presets:
+            print(f"| {name} | {speed[name, 'bf16'] / speed[name, 'fp32']:.2f}x |")
     return 0
 
 
