@@ -11,8 +11,9 @@ from nanoocr.model.loss import chunked_softcap_cross_entropy
 
 
 def plain(h, w, t, cap, reduction="mean"):
-    return F.cross_entropy((cap * torch.tanh((h @ w.t()).float() / cap)).flatten(0, -2), t.flatten(),
-                           ignore_index=-1, reduction=reduction)
+    z = (h @ w.t()).float()
+    logits = z if cap is None else cap * torch.tanh(z / cap)
+    return F.cross_entropy(logits.flatten(0, -2), t.flatten(), ignore_index=-1, reduction=reduction)
 
 
 def grads(fn, h, w):
@@ -24,13 +25,14 @@ def grads(fn, h, w):
 
 @pytest.mark.parametrize("chunk_rows", [1, 7, 64, 1000])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_loss_and_gradients_match_the_plain_path_fp32(chunk_rows, reduction):
+@pytest.mark.parametrize("cap", [15.0, None])
+def test_loss_and_gradients_match_the_plain_path_fp32(chunk_rows, reduction, cap):
     torch.manual_seed(0)
     h, w = torch.randn(2, 50, 32), torch.randn(301, 32) * 0.5
     t = torch.randint(0, 301, (2, 50))
     t[:, ::3] = -1  # ignored positions (image tokens, padding, prompts)
-    ref = grads(lambda h, w: plain(h, w, t, 15.0, reduction), h, w)
-    got = grads(lambda h, w: chunked_softcap_cross_entropy(h, w, t, 15.0, reduction, chunk_rows), h, w)
+    ref = grads(lambda h, w: plain(h, w, t, cap, reduction), h, w)
+    got = grads(lambda h, w: chunked_softcap_cross_entropy(h, w, t, cap, reduction, chunk_rows), h, w)
     for a, b, name in zip(got, ref, ("loss", "dL/dh", "dL/dW")):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (name, (a - b).abs().max().item())
 

@@ -50,6 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nanoocr.model.gpt import apply_rotary_emb, attend, precompute_rotary, rotary_at
+from nanoocr.model.loss import chunked_softcap_cross_entropy
 
 
 @dataclass
@@ -429,6 +430,9 @@ class DeepseekDecoder(nn.Module):
         x = self.model.norm(x)
         if last_only:
             x = x[:, -1:]
+        if targets is not None and loss_reduction in ("mean", "sum"):  # no (B, T, V) logits (nanoocr/model/loss.py)
+            assert targets.shape == (B, T), f"targets {tuple(targets.shape)} != {(B, T)}"
+            return chunked_softcap_cross_entropy(x, self.lm_head.weight, targets, None, loss_reduction)
         logits = self.lm_head(x).float()  # (B, T, V), fp32 from here
         if targets is None:
             return logits

@@ -1,6 +1,7 @@
-"""The training loss without the (B, T, V) logits: linear + softcap + cross-entropy, chunk by chunk.
+"""The training loss without the (B, T, V) logits: linear (+ softcap) + cross-entropy, chunk by chunk.
 
     loss = CE(cap * tanh(h @ W.T / cap), targets), ignore_index -1, mean over the non-ignored targets
+    (softcap None: CE(h @ W.T, targets), the DeepSeek decoder's head)
 
 The plain path materializes the fp32 logits of every position, and autograd keeps them (and tanh's output)
 for the backward: at T = 4096 and nanochat's 65537-token vocabulary that is 1 GiB per copy, per sequence.
@@ -44,8 +45,12 @@ class _ChunkedSoftcapCE(torch.autograd.Function):
                 hc = h[s:s + chunk_rows].to(dtype)
                 tc = targets[s:s + chunk_rows]
                 valid = valid_all[s:s + chunk_rows]
-                t = (hc @ w.t()).float().div_(softcap).tanh_()  # (n, V) tanh(z / cap)
-                logits = t * softcap
+                z = (hc @ w.t()).float()  # (n, V)
+                if softcap is None:
+                    t, logits = None, z
+                else:
+                    t = z.div_(softcap).tanh_()  # tanh(z / cap), in z's memory
+                    logits = t * softcap
                 lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (n, 1)
                 rows = torch.arange(tc.shape[0], device=tc.device)
                 picked = logits[rows, tc.clamp(min=0)]
@@ -55,8 +60,10 @@ class _ChunkedSoftcapCE(torch.autograd.Function):
                 p = logits.sub_(lse).exp_()  # softmax, in the logits' memory
                 p[rows, tc.clamp(min=0)] -= valid.float()  # - onehot (ignored rows: nothing)
                 p.mul_((valid.float() / denom)[:, None])  # dL/dlogits; ignored rows are zero
-                dz = p.mul_(t.mul_(t).neg_().add_(1)).to(dtype)  # through cap * tanh(z / cap): 1 - tanh²
-                del t, logits
+                if t is not None:
+                    p.mul_(t.mul_(t).neg_().add_(1))  # through cap * tanh(z / cap): 1 - tanh²
+                dz = p.to(dtype)
+                del t, z, logits, p
                 if need_h:
                     grad_h[s:s + chunk_rows] = (dz @ w).to(h.dtype)
                 if need_w:
@@ -73,9 +80,11 @@ class _ChunkedSoftcapCE(torch.autograd.Function):
         return grad_h, grad_w, None, None, None, None
 
 
-def chunked_softcap_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float,
-                                  reduction: str = "mean", chunk_rows: int | None = None) -> torch.Tensor:
-    """CE(softcap * tanh(h @ weight.T / softcap), targets) with ignore_index -1 -> a scalar.
+def chunked_softcap_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                                  softcap: float | None, reduction: str = "mean",
+                                  chunk_rows: int | None = None) -> torch.Tensor:
+    """CE(softcap * tanh(h @ weight.T / softcap), targets) with ignore_index -1 -> a scalar (softcap None:
+    CE(h @ weight.T, targets)).
 
     h (..., C) final hidden states; weight (V, C) the unembedding rows of the real vocabulary; targets (...)
     long. reduction: "mean" (over non-ignored targets; 0 when there are none) or "sum"."""
@@ -84,4 +93,4 @@ def chunked_softcap_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets
     h2, t2 = h.reshape(-1, h.shape[-1]), targets.reshape(-1)
     assert h2.shape[0] == t2.shape[0], f"{h2.shape[0]} hidden rows vs {t2.shape[0]} targets"
     rows = chunk_rows or max(1, CHUNK_ELEMENTS // weight.shape[0])
-    return _ChunkedSoftcapCE.apply(h2, weight, t2, float(softcap), rows, reduction)
+    return _ChunkedSoftcapCE.apply(h2, weight, t2, None if softcap is None else float(softcap), rows, reduction)

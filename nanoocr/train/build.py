@@ -257,6 +257,7 @@ def build_trainer(cfg: dict):
                           loggers=loggers, parallelism_config=parallelism, **kwargs)
     except CheckpointError as e:  # Composer copies the file to a temporary name first: say which one it was
         raise CheckpointError(f"{_checkpoint_source(cfg)}: {e}") from None
+    trainer.logger.log_hyperparameters({"nanoocr/precision": why})  # for the loggers that keep hyperparameters
     return trainer, model, tokenizer
 
 
