@@ -252,3 +252,12 @@ def test_in_training_generation_eval_reports_the_repetition_rate(setup):
     gts = [m["content"] for r in samples for m in r["messages"] if m["role"] == "assistant"]
     assert logged == {"eval_gen/exact_match": 0.0, "eval_gen/cer": pytest.approx(sum(cer(" fox" * 30, g) for g in gts) / 2),
                       "eval_gen/repetition_rate": 0.0}
+
+
+@pytest.mark.parametrize("dtype,said", [("bf16", "precision: bf16 autocast, fp32 weights (asked for)"),
+                                        ("fp32", "precision: fp32 (asked for)")])
+def test_dtype_option_sets_and_reports_the_cpu_precision(setup, tmp_path, dtype, said):
+    proc = run_eval(setup, setup / "mds", tmp_path / "out", "--dtype", dtype, "--limit", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert said in proc.stderr
+    check_outputs(tmp_path / "out", 2)
