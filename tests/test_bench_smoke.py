@@ -150,3 +150,18 @@ def test_mfu(isolated):
 def test_loader(isolated):
     (row,) = table_rows(isolated["loader"], "tiny")
     assert row[1] == "2" and float(row[3]) > 0 and float(row[-2]) > 0, row  # samples timed, samples/s, model's
+
+
+def test_logits(bench, capsys):
+    assert bench("logits", "--seq", 1024, "--vocab", 16411, "--steps", 1) == 0  # chunks of 255 rows
+    out = capsys.readouterr().out
+    (plain,), (chunked,) = table_rows(out, "plain"), table_rows(out, "chunked")
+    assert float(chunked[1]) < float(plain[1]) / 4, (plain, chunked)  # head peak MiB
+
+
+@pytest.mark.slow  # torch.compile of the nano model: minutes on 2 cores
+def test_compile(bench, capsys):
+    assert bench("compile", "--batch", 1, "--steps", 1, "--mode", "tiny", "--seq", 160, "--precisions", "fp32") == 0
+    out = capsys.readouterr().out
+    (row,) = table_rows(out, "fp32")
+    assert float(row[-1]) > 0  # compiled ÷ eager; the script checked that the first losses agree

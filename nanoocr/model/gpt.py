@@ -455,7 +455,8 @@ class GPT(nn.Module):
             x = x[:, -1:]
         if targets is not None and self.config.loss_impl == "chunked" and loss_reduction in ("mean", "sum"):
             assert targets.shape == (B, T), f"targets {tuple(targets.shape)} != ids {(B, T)}"
-            weight = self.lm_head.weight[:self.config.vocab_size]  # the padding rows get no gradient
+            weight = self.lm_head.weight  # the padding rows (if any) are cropped and get no gradient
+            weight = weight if weight.shape[0] == self.config.vocab_size else weight[:self.config.vocab_size]
             return chunked_softcap_cross_entropy(x, weight, targets, self.config.softcap, loss_reduction)
         logits = self.lm_head(x)[..., :self.config.vocab_size].float()  # crop the padding rows; fp32 from here
         cap = self.config.softcap

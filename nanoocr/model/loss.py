@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-CHUNK_ELEMENTS = 1 << 25  # logits per chunk: 128 MiB of fp32 (512 rows at a 65537-token vocabulary)
+CHUNK_ELEMENTS = 1 << 22  # logits per chunk: 16 MiB of fp32 (64 rows at a 65537-token vocabulary)
 
 
 def _compute_dtype(h: torch.Tensor) -> torch.dtype:
@@ -45,38 +45,47 @@ class _ChunkedSoftcapCE(torch.autograd.Function):
                 hc = h[s:s + chunk_rows].to(dtype)
                 tc = targets[s:s + chunk_rows]
                 valid = valid_all[s:s + chunk_rows]
-                z = (hc @ w.t()).float()  # (n, V)
-                if softcap is None:
-                    t, logits = None, z
-                else:
-                    t = z.div_(softcap).tanh_()  # tanh(z / cap), in z's memory
-                    logits = t * softcap
-                lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (n, 1)
+                # Two (n, V) fp32 buffers per chunk: the logits, and exp / softmax / the gradient.
+                logits = (hc @ w.t()).float()  # (n, V) z
+                if softcap is not None:
+                    logits.div_(softcap).tanh_().mul_(softcap)  # cap * tanh(z / cap), in place
                 rows = torch.arange(tc.shape[0], device=tc.device)
                 picked = logits[rows, tc.clamp(min=0)]
+                top = logits.amax(dim=-1, keepdim=True)
+                p = (logits - top).exp_()
+                norm_ = p.sum(dim=-1, keepdim=True)
+                lse = top + norm_.log()  # (n, 1) log-sum-exp
                 total += ((lse[:, 0] - picked) * valid).sum()
                 if not (need_h or need_w):
                     continue
-                p = logits.sub_(lse).exp_()  # softmax, in the logits' memory
+                p.div_(norm_)  # softmax
                 p[rows, tc.clamp(min=0)] -= valid.float()  # - onehot (ignored rows: nothing)
                 p.mul_((valid.float() / denom)[:, None])  # dL/dlogits; ignored rows are zero
-                if t is not None:
-                    p.mul_(t.mul_(t).neg_().add_(1))  # through cap * tanh(z / cap): 1 - tanh²
+                if softcap is not None:  # d(cap * tanh(z / cap))/dz = 1 - tanh² = 1 - (logits / cap)²
+                    p.mul_(logits.div_(softcap).square_().neg_().add_(1))
                 dz = p.to(dtype)
-                del t, z, logits, p
+                del logits, p
                 if need_h:
                     grad_h[s:s + chunk_rows] = (dz @ w).to(h.dtype)
-                if need_w:
+                if need_w and dz.dtype == torch.float32:
+                    grad_w.addmm_(dz.t(), hc)  # no (V, C) temporary
+                elif need_w:
                     grad_w += (dz.t() @ hc).float()
-        ctx.save_for_backward(*(g for g in (grad_h, grad_w) if g is not None))
-        ctx.has = (need_h, need_w)
+                del dz  # before the next chunk's logits: never three (n, V) buffers at once
+        # Kept on ctx, not save_for_backward: they are this Function's own results, and backward hands them
+        # over (no reference left here), so autograd can take dL/dW as the .grad without a copy.
+        ctx.grads = [grad_h, grad_w]
         return total / denom
 
     @staticmethod
     def backward(ctx, grad_out):
-        saved = list(ctx.saved_tensors)
-        grad_h = saved.pop(0) * grad_out if ctx.has[0] else None
-        grad_w = saved.pop(0) * grad_out if ctx.has[1] else None
+        if ctx.grads is None:  # the first backward handed the gradients over
+            raise RuntimeError("chunked cross-entropy: backward through the same loss twice (retain_graph) is not "
+                               "supported; use gpt.loss_impl=plain")
+        grad_h, grad_w = ctx.grads
+        ctx.grads = None
+        grad_h = None if grad_h is None else grad_h.mul_(grad_out)  # scaled in place: no copies
+        grad_w = None if grad_w is None else grad_w.mul_(grad_out)
         return grad_h, grad_w, None, None, None, None
 
 
