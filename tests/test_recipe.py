@@ -152,6 +152,38 @@ def test_stage2_shrunk_freezes_sam_and_steps_lr(mds, tmp_path):
         assert value == pytest.approx(1e-3 * 0.1 ** ((step - 1) // 3), rel=1e-6), (step, value)
 
 
+def test_param_groups_give_each_part_its_optimizer_arguments(mds, tmp_path):
+    from nanoocr.model.vlm import param_part
+    run = tmp_path / "groups"
+    cfg = load_config(str(ROOT / "yamls/stage1.yaml"), shrink(run, mds / "vision") + [
+        "max_duration=3ba", "optimizer.lr=1e-3", "scheduler={name: cosine_with_warmup, t_warmup: 1ba, alpha_f: 0.5}",
+        "optimizer.param_groups={sam: {lr: 1e-5}, projector: {lr: 1e-2, weight_decay: 0.1}}"])
+    trainer, model, _ = build_trainer(cfg)
+    opt = trainer.state.optimizers[0]
+    wd0 = cfg["optimizer"].get("weight_decay", 0.0)  # the YAML's, for the default group and sam's
+    want = {"sam": (1e-5, wd0), "projector": (1e-2, 0.1)}
+    seen = []
+    for name, p in model.named_parameters():
+        (group,) = [g for g in opt.param_groups if any(q is p for q in g["params"])]  # in exactly one group
+        seen.append(name)
+        lr, wd = want.get(param_part(name), (1e-3, wd0))
+        assert group["initial_lr"] == pytest.approx(lr) and group["weight_decay"] == wd, (name, group["initial_lr"])
+    assert any(param_part(n) == "compressor" for n in seen)  # net_2/net_3: the default group, not sam's
+    trainer.fit()
+    lrs = [g["lr"] / g["initial_lr"] for g in opt.param_groups]  # the scheduler scales every group alike
+    assert max(lrs) - min(lrs) < 1e-9 and 0.5 <= lrs[0] < 1.0, lrs
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optimizer.param_groups={encoder: {lr: 1e-4}}", "unknown key 'encoder' in section 'optimizer.param_groups'"),
+    ("optimizer.param_groups={sam: {momentum: 0.9}}", "unknown key 'momentum' in section 'optimizer.param_groups.sam'"),
+    ("optimizer.param_groups={sam: {lr: fast}}", "optimizer.param_groups.sam.lr"),
+])
+def test_param_groups_are_validated_by_name(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_config(str(ROOT / "yamls/stage1.yaml"), [override])
+
+
 @pytest.mark.parametrize("lr", ["1e30", ".inf"])  # .inf: the loss of batch 0 is finite, the weights after it are not
 def test_nonfinite_loss_stops_the_run_and_keeps_the_last_checkpoint(mds, tmp_path, lr):
     run = tmp_path / "nan"

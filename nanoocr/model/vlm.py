@@ -96,6 +96,20 @@ def image_token_count(config, size, tiles=(1, 1), crop_size=640):
     return layout_tokens(view_grid(config, size), tiles, view_grid(config, crop_size) if tiles != (1, 1) else 0)
 
 
+# The model's parts, for per-part optimizer settings (optimizer.param_groups) and freezing: parameter-name
+# prefixes, the first match wins (compressor before sam: net_2 / net_3 live inside the SAM module).
+PARTS = {"compressor": ("sam.net_2.", "sam.net_3."), "sam": ("sam.",), "clip": ("clip.",),
+         "projector": ("projector.",), "newline": ("image_newline", "view_separator"), "gpt": ("gpt.",)}
+
+
+def param_part(name: str) -> str:
+    """The part (a PARTS key) a parameter belongs to, from its clean name."""
+    for part, prefixes in PARTS.items():
+        if name.startswith(prefixes):
+            return part
+    raise KeyError(f"parameter {name!r} belongs to none of the parts {list(PARTS)}")
+
+
 # The FSDP units and the activation-checkpointing units: one SAM block, one CLIP layer, one GPT block.
 WRAP_UNITS = (SAMBlock, CLIPLayer, GPTBlock)
 

@@ -201,9 +201,8 @@ def build_trainer(cfg: dict):
     if cfg.get("eval_loader"):
         _, eval_spec = build_loader(cfg["eval_loader"], tokenizer, cfg.get("device_eval_batch_size") or batch_size)
 
-    trainable = [p for p in composer_model.parameters() if p.requires_grad]
-    ocfg = dict(cfg["optimizer"])
-    optimizer = builders.OPTIMIZERS[ocfg.pop("name")](trainable, **ocfg)
+    optimizer = builders.build_optimizer(cfg["optimizer"], [(n, p) for n, p in model.named_parameters()
+                                                             if p.requires_grad])
     schedulers = []
     if cfg.get("scheduler"):
         scfg = dict(cfg["scheduler"])

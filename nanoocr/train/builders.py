@@ -44,6 +44,24 @@ def _decoupled_adamw(params, lr: float, betas: list = (0.9, 0.95), eps: float = 
 
 OPTIMIZERS = {"adamw": _adamw, "decoupled_adamw": _decoupled_adamw}
 
+
+def build_optimizer(ocfg: dict, named_params):
+    """The optimizer of `ocfg` ({name, lr, ..., param_groups: {part: {lr, weight_decay, ...}}}) over the
+    trainable (clean name, parameter) pairs. Each part named in param_groups (nanoocr.model.vlm.PARTS: sam,
+    compressor, clip, projector, newline, gpt) is one torch param group with those arguments over the
+    optimizer's own; the other parts share the default group. Composer's schedulers scale every group's lr
+    by the same factor, so the ratios hold through warmup and decay; the groups are in the checkpoint."""
+    from nanoocr.model.vlm import param_part
+    ocfg = dict(ocfg)
+    name, groups = ocfg.pop("name"), dict(ocfg.pop("param_groups", None) or {})
+    by_part: dict[str, list] = {}
+    for pname, p in named_params:
+        by_part.setdefault(param_part(pname) if param_part(pname) in groups else "", []).append(p)
+    param_groups = [{"params": by_part.pop("", [])}] + [
+        {"params": by_part[part], **{k: tuple(v) if k == "betas" else v for k, v in groups[part].items()}}
+        for part in groups if part in by_part]
+    return OPTIMIZERS[name]([g for g in param_groups if g["params"]], **ocfg)
+
 SCHEDULERS = {
     "cosine_with_warmup": composer.optim.CosineAnnealingWithWarmupScheduler,
     "constant_with_warmup": composer.optim.ConstantWithWarmupScheduler,

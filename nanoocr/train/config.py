@@ -215,7 +215,17 @@ def validate(cfg: dict) -> None:
     for i, item in enumerate(cfg.get("build_data") or []):
         check_keys(item, BUILD_DATA_KEYS, f"build_data[{i}]")
     check_keys(cfg.get("final_eval") or {}, FINAL_EVAL_KEYS, "final_eval")
-    check_named(cfg["optimizer"], builders.OPTIMIZERS, "optimizer", drop=("params",))
+    groups = cfg["optimizer"].get("param_groups") or {}
+    check_named({k: v for k, v in cfg["optimizer"].items() if k != "param_groups"}, builders.OPTIMIZERS,
+                "optimizer", drop=("params",))
+    from nanoocr.model.vlm import PARTS
+    check_keys(groups, set(PARTS), "optimizer.param_groups")
+    optimizer_args = set(_builder_keys(builders.OPTIMIZERS[cfg["optimizer"]["name"]])) - {"params"}
+    for part, overrides in groups.items():
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"optimizer.param_groups.{part} must be a mapping of optimizer arguments, got {overrides!r}")
+        check_keys(overrides, optimizer_args, f"optimizer.param_groups.{part}")
+        check_signature_types(overrides, builders.OPTIMIZERS[cfg["optimizer"]["name"]], f"optimizer.param_groups.{part}")
     if cfg.get("scheduler"):
         check_named(cfg["scheduler"], builders.SCHEDULERS, "scheduler")
     for section, table in (("algorithms", builders.ALGORITHMS), ("callbacks", builders.CALLBACKS),
