@@ -109,3 +109,11 @@ def test_gpt_loss_impl_chunked_equals_plain_with_every_gradient(layout):
         assert torch.allclose(gp[n], gc[n], atol=1e-5, rtol=1e-5), (n, (gp[n] - gc[n]).abs().max().item())
     if layout == "2026":  # the padding rows of lm_head never see a gradient
         assert not gc["lm_head.weight"][97:].any()
+
+
+def test_a_second_backward_through_the_same_loss_is_refused():
+    h, w = torch.randn(4, 8, requires_grad=True), torch.randn(11, 8, requires_grad=True)
+    loss = chunked_softcap_cross_entropy(h, w, torch.zeros(4, dtype=torch.long), 15.0)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="twice"):
+        loss.backward()
