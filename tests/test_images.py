@@ -1,7 +1,9 @@
 """Image modes against docs/FACTS.md ("Image modes", "Gundam crop grids", "Pixels"), decoding of odd modes,
-and every ImageError reason."""
+and every ImageError reason. The fast paths (libpng decode, gray pages as one band, one horizontal pass
+per constant row level, the pad built in torch) against the reference pipeline, pixel for pixel."""
 import io
 import json
+import shutil
 import subprocess
 import sys
 
@@ -9,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms as T
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, PngImagePlugin
 
-from nanoocr.data.images import MODES, ImageError, count_tokens, gundam_tiles, image_views, open_image, padded_box
+from nanoocr.data.images import (MODES, ImageError, _decode_plain_png, count_tokens, gray_band, gundam_tiles,
+                                 image_views, open_image, padded_box)
 
 # docs/FACTS.md "Gundam crop grids": (w, h) -> {max_crops: (tiles, crops, tokens)}, min_crops 2.
 GUNDAM_ROWS = {
@@ -123,6 +126,111 @@ def test_gundam_crops_match_pil_resize_and_crop():
         x, y = (k % 2) * 640, (k // 2) * 640  # row-major
         ref = REFERENCE_NORMALIZE(big.crop((x, y, x + 640, y + 640)))
         assert torch.equal(views.crops[k], ref), f"crop {k} differs from PIL resize+crop"
+
+
+def reference_views(img, mode):
+    """DeepSeek-OCR's pipeline written out: ImageOps.pad (base/large/gundam global) or a stretch (tiny/small),
+    gundam crops cut from the image stretched to the tile grid, each view ToTensor + Normalize(0.5, 0.5)."""
+    base_size, image_size, crop = MODES[mode]
+    if not crop and image_size <= 640:
+        return REFERENCE_NORMALIZE(img.resize((image_size, image_size), Image.BICUBIC)), None
+    g = REFERENCE_NORMALIZE(ImageOps.pad(img, (base_size, base_size), color=(127, 127, 127), method=Image.BICUBIC))
+    w_tiles, h_tiles = gundam_tiles(img.width, img.height) if crop else (1, 1)
+    if (w_tiles, h_tiles) == (1, 1):
+        return g, None
+    big = img.resize((640 * w_tiles, 640 * h_tiles), Image.BICUBIC)
+    crops = [REFERENCE_NORMALIZE(big.crop((x * 640, y * 640, (x + 1) * 640, (y + 1) * 640)))
+             for y in range(h_tiles) for x in range(w_tiles)]
+    return g, torch.stack(crops)
+
+
+def assert_views_match_reference(img, mode, what):
+    g, crops = reference_views(img, mode)
+    for normalize in (True, False):
+        views = image_views(img, mode, normalize=normalize)
+        got_g, got_crops = views.global_view, views.crops
+        assert got_g.is_contiguous() and (got_crops is None or got_crops.is_contiguous())
+        if not normalize:  # uint8, brought to [-1, 1] with NanoOCR.encode_views' ops
+            assert got_g.dtype == torch.uint8
+            got_g = got_g.float().div_(255).sub_(0.5).div_(0.5)
+            got_crops = None if got_crops is None else got_crops.float().div_(255).sub_(0.5).div_(0.5)
+        assert torch.equal(got_g, g), f"{what} {mode} normalize={normalize}: global view differs"
+        assert (got_crops is None) == (crops is None), f"{what} {mode}: crops present in only one pipeline"
+        if crops is not None:
+            assert torch.equal(got_crops, crops), f"{what} {mode} normalize={normalize}: crops differ"
+
+
+@pytest.fixture(scope="module")
+def rendered_pages(tmp_path_factory):
+    """PNG bytes of a real rendered text page (pdftoppm at 144 dpi, as the data path renders) and of the
+    same page in colour (dark blue text: the RGB path)."""
+    if shutil.which("pdftoppm") is None:
+        pytest.skip("poppler-utils not installed")
+    from test_pages import make_pdf
+
+    from nanoocr.data.pdf import render_page
+    pdf = tmp_path_factory.mktemp("pdf") / "page.pdf"
+    make_pdf(pdf, ["text"])
+    gray = render_page(pdf, 1)
+    colour = ImageOps.colorize(Image.open(io.BytesIO(gray)).convert("L"), black=(20, 30, 140), white=(255, 255, 255))
+    return {"gray": gray, "colour": encode(colour)}
+
+
+@pytest.mark.parametrize("page", ["gray", "colour"])
+@pytest.mark.parametrize("mode", list(MODES))
+def test_rendered_page_views_match_reference_pipeline(rendered_pages, page, mode):
+    png = rendered_pages[page]
+    reference_img = Image.open(io.BytesIO(png)).convert("RGB")  # the reference's decode
+    img = open_image(png)
+    assert img.mode == "RGB" and img.tobytes() == reference_img.tobytes()
+    assert _decode_plain_png(png) is not None, "a rendered page is a plain RGB PNG: libpng decodes it"
+    assert (gray_band(img) is not None) == (page == "gray")
+    rows = np.asarray(img).reshape(img.height, -1)
+    assert (rows.min(1) == rows.max(1)).mean() > 0.25, "a text page is mostly rows of one level"
+    assert_views_match_reference(img, mode, f"rendered {page} page")
+
+
+def striped(w, h, colour, seed=0):
+    """Rows of several constant levels (white, black, greys, and in colour a constant non-grey row) between
+    noisy rows: every branch of the constant-row bookkeeping."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 256, (h, w, 1 if not colour else 3), dtype=np.uint8).repeat(3 if not colour else 1, 2)
+    for i, level in enumerate([255, 0, 255, 127, 255, 31, 0, 255]):
+        a[i * h // 8: i * h // 8 + h // 12] = level
+    if colour:
+        a[h // 2] = (255, 0, 0)  # one colour in every pixel, but not one level: resampled as it is
+    return Image.fromarray(a)
+
+
+@pytest.mark.parametrize("colour", [False, True])
+@pytest.mark.parametrize("w,h", [(1000, 1300), (300, 470), (1700, 900)])  # shrink, enlarge, gundam 3x1
+def test_constant_rows_and_gray_bands_match_reference_pipeline(w, h, colour):
+    img = striped(w, h, colour)
+    assert (gray_band(img) is None) == colour
+    for mode in MODES:
+        assert_views_match_reference(img, mode, f"striped {w}x{h} colour={colour}")
+
+
+def test_gray_band_needs_every_pixel_gray():
+    img = Image.new("RGB", (50, 40), (200, 200, 200))
+    assert gray_band(img).tobytes() == bytes([200]) * 2000
+    img.putpixel((49, 39), (200, 200, 201))  # the last pixel of the last band differs
+    assert gray_band(img) is None
+
+
+def test_plain_png_decode_equals_pil_and_odd_pngs_go_to_pil():
+    img = noise(64, 48, seed=3)
+    plain = encode(img)
+    assert _decode_plain_png(plain).tobytes() == Image.open(io.BytesIO(plain)).convert("RGB").tobytes()
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "a text chunk may carry EXIF or XMP")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    for other in (encode(img, pnginfo=info), encode(img, exif=exif.tobytes()), encode(img.convert("RGBA")),
+                  encode(img.convert("L")), encode(Image.new("I;16", (8, 6), 40000))):
+        assert _decode_plain_png(other) is None
+    assert open_image(encode(img, exif=exif.tobytes())).size == (48, 64), "PNG EXIF orientation still applied"
+    assert _decode_plain_png(plain[: len(plain) // 2]) is None, "data libpng rejects is left to PIL"
 
 
 # ----------------------------------------------------------------------------------------------
