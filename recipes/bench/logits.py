@@ -26,29 +26,13 @@ import time
 import torch
 
 from common import cpu_model  # recipes/bench/common.py
-from memory import profiled_step  # recipes/bench/memory.py
+from memory import allocation_peak, profiled_step  # recipes/bench/memory.py
 from nanoocr.model import presets
 from nanoocr.model.gpt import norm
 from nanoocr.model.vlm import NanoOCR
 from nanoocr.train.composer_model import ComposerNanoOCR
 
 MiB = 2 ** 20
-
-
-def allocation_peak(fn) -> int:
-    """Peak bytes of CPU tensors allocated (and not yet freed) while fn() runs."""
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    peak, stack = 0, list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        e = stack.pop()
-        stack.extend(e.children)
-        if e.tag == _EventType.Allocation:
-            peak = max(peak, e.extra_fields.total_allocated)
-    return peak
 
 
 def model_width(args) -> int:

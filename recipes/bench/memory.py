@@ -119,19 +119,17 @@ class SavedTensors:
         return sum(self.storages.values())
 
 
-def profiled_step(model, opt, inputs, batch) -> int:
-    """Peak bytes of CPU tensors allocated during one more training step (and not freed before the peak).
+def allocation_peak(fn) -> int:
+    """Peak bytes of CPU tensors allocated (and not freed before the peak) while fn() runs.
 
     torch.profiler with profile_memory=True reports every c10 CPU allocation with the running total of
-    the bytes allocated (and not yet freed) since profiling started: its maximum is the step's peak
-    tensor memory over what existed before it, whatever malloc does with the freed memory."""
+    the bytes allocated (and not yet freed) since profiling started: its maximum is the peak tensor
+    memory over what existed before, whatever malloc does with the freed memory."""
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        model.loss(model(inputs), batch).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=False)
+        fn()
     peak, stack = 0, list(prof.profiler.kineto_results.experimental_event_tree())
     while stack:
         e = stack.pop()
@@ -140,6 +138,15 @@ def profiled_step(model, opt, inputs, batch) -> int:
             peak = max(peak, e.extra_fields.total_allocated)
     assert peak > 0, "the profiler reported no CPU allocation"
     return peak
+
+
+def profiled_step(model, opt, inputs, batch) -> int:
+    """Peak bytes of CPU tensors allocated during one more training step (allocation_peak)."""
+    def step():
+        model.loss(model(inputs), batch).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=False)
+    return allocation_peak(step)
 
 
 def child(args) -> dict:
