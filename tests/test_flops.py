@@ -4,6 +4,7 @@ query by query, and linear FLOPs written out from the config's shapes."""
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 import nanoocr.model.sam as sam
@@ -30,10 +31,16 @@ def vision_part(model, images):
     return batch_flops(model, {"ids": ids, "images": images}) - batch_flops(model, {"ids": ids})
 
 
+# torch's counter has formulas for addmm and baddbmm but not their in-place forms, which the chunked loss
+# (dL/dW accumulated with addmm_) and SAM's blockwise attention use: the same formulas, for those too.
+IN_PLACE = {torch.ops.aten.addmm_: flop_counter.addmm_flop.__wrapped__,  # the formula on shapes
+            torch.ops.aten.baddbmm_: flop_counter.baddbmm_flop.__wrapped__}
+
+
 def counted(fn):
     """FlopCounterMode's total for fn(), with SDPA on its math path (matmuls it can see: the CPU flash kernel
     has no formula in torch's counter)."""
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=IN_PLACE)
     with counter, sdpa_kernel(SDPBackend.MATH):
         fn()
     return counter.get_total_flops()
