@@ -25,22 +25,17 @@ class ComposerNanoOCR(ComposerModel):
     def __init__(self, model: NanoOCR):
         super().__init__()
         self.model = model
-        self.image_id = model.config.image_token_id
-        vocab = model.config.gpt.vocab_size
         self.train_metrics = {"LanguageCrossEntropy": LanguageCrossEntropy(ignore_index=-1),
                               "TokenAccuracy": MaskedAccuracy(ignore_index=-1)}
         self.val_metrics = {"LanguageCrossEntropy": LanguageCrossEntropy(ignore_index=-1),
                             "TokenAccuracy": MaskedAccuracy(ignore_index=-1)}
-        self._vocab = vocab
 
     def _run(self, batch: dict, targets):
         return self.model(batch["ids"], targets, batch.get("images"), batch.get("crops"), batch.get("tiles"))
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Training: the loss (a scalar). Not training (or no targets): logits (B, T, V)."""
-        if self.training and "targets" in batch:
-            return self._run(batch, batch["targets"])
-        return self._run(batch, None)
+        return self._run(batch, batch["targets"] if self.training and "targets" in batch else None)
 
     def loss(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
         if outputs.ndim == 0:  # forward computed it (training)
