@@ -110,8 +110,10 @@ def _speed_monitor(ctx, window_size: int = 10, peak_flops="auto", time_unit: str
                                            time_unit=time_unit)
 
 
-def _vision_collapse(ctx, interval: int = 50, probes: int = 8):
-    return ours.VisionCollapseMonitor(ctx["probe_images"](probes), interval=interval)
+def _vision_collapse(ctx, interval: int = 50, probes: int = 8, warn_above: float = 0.95,
+                     stop_above: float | None = None):
+    return ours.VisionCollapseMonitor(ctx["probe_images"](probes), interval=interval, folder=ctx["run_folder"],
+                                      warn_above=warn_above, stop_above=stop_above)
 
 
 def _generation_eval(ctx, interval: int = 100, samples: int = 4, max_new_tokens: int = 128):
@@ -144,7 +146,14 @@ def _tensorboard(ctx, log_dir: str | None = None, flush_interval: int = 100, ran
                                               flush_interval=flush_interval, rank_zero_only=rank_zero_only)
 
 
-ALGORITHMS = {**composer_native(composer.algorithms, Algorithm), "freeze": _freeze}
+def _unfreeze(modules: list, at):
+    # `at` as a batch count or Composer's "Nba" time string, like max_duration
+    if not str(at).removesuffix("ba").isdigit():
+        raise ValueError(f"algorithms.unfreeze.at must be a batch count like 100ba, got {at!r}")
+    return ours.UnfreezeModules(modules, int(str(at).removesuffix("ba")))
+
+
+ALGORITHMS = {**composer_native(composer.algorithms, Algorithm), "freeze": _freeze, "unfreeze": _unfreeze}
 CALLBACKS = {**composer_native(composer.callbacks, Callback, suffix="Callback"),
              "speed_monitor": _speed_monitor, "vision_collapse": _vision_collapse,
              "generation_eval": _generation_eval, "loss_curve": _loss_curve, "nonfinite_guard": _nonfinite_guard,

@@ -11,8 +11,10 @@
   trains on nothing must not exit 0 with a loss of 0.0); on in every recipe run.
 - VisionCollapseMonitor and GenerationEval run the model outside its forward: on every rank, inside
   nanoocr.model.distributed.full_params (whole parameters when the model is FSDP-sharded; a no-op otherwise).
-- VisionCollapseMonitor: mean pairwise cosine similarity of pooled vision features over a fixed probe
-  set (the prototype's failure: it went 0.59 → 0.9998 in 500 steps when the encoder collapsed).
+- VisionCollapseMonitor: mean pairwise cosine similarity of the probe set's vision features (see
+  feature_similarity; the prototype's failure: it went 0.59 → 0.9998 in 500 steps when the encoder
+  collapsed); warns, and stops the run when configured to.
+- UnfreezeModules (Algorithm): staged training, named parts held until batch N, then trained; resumable.
 - GenerationEval: exact match / CER by real greedy generation on a few held-out samples.
 - LossCurve: a PNG of the train loss (raw + EMA) and eval loss, written at fit end.
 - SampleLog: the sample ids of every batch, per rank (resumption and rank-disjointness audits).
@@ -157,14 +159,42 @@ class SkippedSamplesGuard(Callback):
                 f"settings (mode, max_seq_len, overflow), or raise callbacks.skipped_samples.max_fraction.")
 
 
-class VisionCollapseMonitor(Callback):
-    """Logs `vision/mean_cosine` every `interval` batches over a fixed probe set of pixel views."""
+def feature_similarity(feats: torch.Tensor) -> float:
+    """Mean pairwise cosine similarity of N images' vision features (N, tokens, C): each image's token
+    features flattened into one vector, after removing the mean feature over all tokens of all images.
 
-    def __init__(self, probe_images: torch.Tensor, interval: int = 50):
+    Why not the cosine of mean-pooled features: a text image is mostly background, and pooling averages
+    the few tokens that see text into the many that see paper, so any two pages pool to almost the same
+    vector (0.998 for a random nano encoder on Tier-1's ten images, which it still tells apart). Why
+    subtract the shared mean: every token carries the same bias direction (LayerNorm's beta, the
+    projector's bias), which makes raw cosines high whatever the image. What remains is the per-position,
+    per-image part: the same for every image (cosine 1) when the encoder ignores its input — collapse —
+    and lower the more the images' features differ."""
+    feats = feats.float()
+    centered = (feats - feats.mean((0, 1), keepdim=True)).flatten(1)
+    v = F.normalize(centered, dim=-1)
+    sim = v @ v.T
+    n = sim.shape[0]
+    # Features that are one constant vector (total collapse) leave ~0 after centering: count as identical.
+    if centered.norm() <= 1e-6 * feats.flatten(1).norm():
+        return 1.0
+    return float((sim.sum() - sim.diagonal().sum()) / (n * (n - 1)))
+
+
+class VisionCollapseMonitor(Callback):
+    """Logs `vision/mean_cosine` (feature_similarity over a fixed probe set of pixel views) every `interval`
+    batches and at fit start, and writes the curve to `vision_cosine.csv` in the run folder. Above
+    `warn_above` it warns (once per crossing); above `stop_above` (off unless set) it stops the run with
+    RunStopped, naming the batch, the value and the usual causes."""
+
+    def __init__(self, probe_images: torch.Tensor, interval: int = 50, folder: str | None = None,
+                 warn_above: float = 0.95, stop_above: float | None = None):
         assert probe_images.ndim == 4 and probe_images.shape[0] >= 2, \
             f"probe set must be (N>=2, 3, S, S), got {tuple(probe_images.shape)}"
-        self.probe, self.interval = probe_images, interval
+        self.probe, self.interval, self.folder = probe_images, interval, folder
+        self.warn_above, self.stop_above = warn_above, stop_above
         self.history: list[tuple[int, float]] = []
+        self._warned = False
 
     @torch.no_grad()
     def measure(self, model) -> float:
@@ -177,12 +207,8 @@ class VisionCollapseMonitor(Callback):
         model.eval()
         device = next(model.parameters()).device
         feats = model.encode_images(self.probe.to(device))  # (N * tokens, C)
-        pooled = F.normalize(feats.view(self.probe.shape[0], -1, feats.shape[-1]).mean(1).float(), dim=-1)
-        sim = pooled @ pooled.T  # (N, N)
-        n = sim.shape[0]
-        mean_offdiag = (sim.sum() - sim.diagonal().sum()) / (n * (n - 1))
         model.train(was_training)
-        return float(mean_offdiag)
+        return feature_similarity(feats.view(self.probe.shape[0], -1, feats.shape[-1]))
 
     def fit_start(self, state: State, logger: Logger) -> None:
         self._log(state, logger)
@@ -192,9 +218,64 @@ class VisionCollapseMonitor(Callback):
             self._log(state, logger)
 
     def _log(self, state: State, logger: Logger) -> None:
-        value = self.measure(state.model)
-        self.history.append((int(state.timestamp.batch), value))
+        batch, value = int(state.timestamp.batch), self.measure(state.model)
+        self.history.append((batch, value))
         logger.log_metrics({"vision/mean_cosine": value})
+        if self.folder and dist.get_global_rank() == 0:
+            Path(self.folder).mkdir(parents=True, exist_ok=True)
+            path = Path(self.folder) / "vision_cosine.csv"
+            if not path.exists():
+                path.write_text("batch,mean_cosine\n")
+            with path.open("a") as f:
+                f.write(f"{batch},{value:.6f}\n")
+        why = ("the vision features are turning image-independent (collapse): usual causes are an encoder lr too "
+               "high for its init (set optimizer.param_groups.{sam,compressor,clip}.lr lower, or hold them with "
+               "algorithms.unfreeze), too little data per step, or no warmup")
+        if self.stop_above is not None and value > self.stop_above:
+            raise RunStopped(f"vision/mean_cosine is {value:.4f} at batch {batch}, above "
+                             f"callbacks.vision_collapse.stop_above={self.stop_above}: {why}.")
+        if value > self.warn_above and not self._warned:
+            print(f"[nanoocr] warning: vision/mean_cosine {value:.4f} at batch {batch} is above "
+                  f"{self.warn_above}: {why}.", flush=True)
+        self._warned = value > self.warn_above
+
+
+class UnfreezeModules(Algorithm):
+    """Staged training: the named parts (nanoocr.model.vlm.PARTS, e.g. ["sam", "compressor", "clip"]) are
+    held (not updated) until batch `at`, then train with the rest.
+
+    Held parts keep requires_grad and stay in the optimizer; their gradients are dropped after each
+    microbatch's backward (AFTER_BACKWARD: after DDP's all-reduce, before gradient clipping and the step),
+    so AdamW neither moves them nor builds their moments. That keeps DDP's and FSDP's bookkeeping and the
+    optimizer's param groups the same before and after the switch, and the decision depends only on
+    state.timestamp, which a checkpoint restores: a run resumed before or after `at` does what the
+    uninterrupted run did. (The price: their backward is computed while held. FreezeModules is the
+    whole-run freeze that skips it.)"""
+
+    def __init__(self, modules: list[str], at: int):
+        from nanoocr.model.vlm import PARTS
+        unknown = [m for m in modules if m not in PARTS]
+        if not modules or unknown:
+            raise ValueError(f"algorithms.unfreeze.modules must name parts among {sorted(PARTS)}, got {modules}")
+        if int(at) < 1:
+            raise ValueError(f"algorithms.unfreeze.at must be a batch count >= 1, got {at}")
+        self.modules, self.at = list(modules), int(at)
+        self._held: list[torch.nn.Parameter] | None = None
+
+    def match(self, event: Event, state: State) -> bool:
+        return event in (Event.INIT, Event.AFTER_BACKWARD)
+
+    def apply(self, event: Event, state: State, logger: Logger) -> None:
+        from nanoocr.model.vlm import param_part
+        if event == Event.INIT:
+            named = [(clean_name(n).removeprefix("model."), p) for n, p in state.model.named_parameters()]
+            self._held = [p for n, p in named if param_part(n) in self.modules and p.requires_grad]
+            if not self._held:
+                raise ValueError(f"algorithms.unfreeze: no trainable parameters in parts {self.modules}")
+            logger.log_hyperparameters({"unfreeze_modules": ",".join(self.modules), "unfreeze_at": self.at})
+        elif int(state.timestamp.batch) < self.at:
+            for p in self._held:
+                p.grad = None
 
 
 class GenerationEval(Callback):

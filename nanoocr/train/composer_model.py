@@ -4,7 +4,10 @@ The model itself (nanoocr.model.vlm) runs without Composer; this file only adapt
 - `forward(batch)` in training returns the loss itself (next-token cross-entropy, ignore index -1, through
   the model's chunked loss: no (B, T, V) logits); `loss(outputs, batch)` passes it on. In eval,
   `eval_forward` returns the logits (B, T, V) the metrics read.
-- metrics: LanguageCrossEntropy and token accuracy (MaskedAccuracy), both ignoring -1.
+- metrics: LanguageCrossEntropy and token accuracy (MaskedAccuracy), both ignoring -1, in eval only. No train
+  metrics: Composer computes them from `eval_forward(batch, outputs)` after every microbatch's backward, and
+  since training's forward returns only the loss (no logits to reuse), that is a second, full forward of the
+  whole model per microbatch (a third of a step's compute). The train cross-entropy is `loss/train/total`.
 - `flops_per_batch(batch)` (SpeedMonitor → MFU): nanoocr.train.flops.batch_flops, the model FLOPs of the step
   with a backward only through what trains (frozen SAM/CLIP: forward only) and the attention that runs
   (SAM windows, causal and sliding-window GPT attention).
@@ -25,8 +28,6 @@ class ComposerNanoOCR(ComposerModel):
     def __init__(self, model: NanoOCR):
         super().__init__()
         self.model = model
-        self.train_metrics = {"LanguageCrossEntropy": LanguageCrossEntropy(ignore_index=-1),
-                              "TokenAccuracy": MaskedAccuracy(ignore_index=-1)}
         self.val_metrics = {"LanguageCrossEntropy": LanguageCrossEntropy(ignore_index=-1),
                             "TokenAccuracy": MaskedAccuracy(ignore_index=-1)}
 
@@ -50,7 +51,7 @@ class ComposerNanoOCR(ComposerModel):
         return outputs if outputs is not None and outputs.ndim == 3 else self._run(batch, None)
 
     def get_metrics(self, is_train: bool = False):
-        return self.train_metrics if is_train else self.val_metrics
+        return {} if is_train else self.val_metrics
 
     def update_metric(self, batch: dict, outputs: torch.Tensor, metric) -> None:
         metric.update(outputs, batch["targets"])
