@@ -62,6 +62,15 @@ def check_outputs(out: Path, n: int) -> tuple[dict, list[dict]]:
     assert all(r["ends_in_loop"] == ends_in_loop(r["pred"]) and isinstance(r["stopped"], bool) for r in rows)
     assert summary["repetition_rate"] == sum(r["ends_in_loop"] for r in rows) / n
     assert summary["no_stop_rate"] == sum(not r["stopped"] for r in rows) / n
+    # chars per vision token: plain modes take a fixed count per image (REFERENCE.md: tiny 73, small 111,
+    # base 273, large 421)
+    per_image = {"tiny": 73, "small": 111, "base": 273, "large": 421}.get(summary["mode"])
+    if per_image:
+        assert summary["vision_tokens"] == per_image * n
+        chars = sum(len(r["gt"]) for r in rows)
+        assert summary["chars_per_vision_token"] == pytest.approx(chars / (per_image * n))
+        read = sum(len(r["gt"]) * max(0.0, 1 - r["cer"]) for r in rows)
+        assert summary["read_chars_per_vision_token"] == pytest.approx(read / (per_image * n))
     assert summary["guard"]["ngram_size"] == 30 and summary["guard"]["window_size"] == 90
     table = (out / "summary.md").read_text()
     assert table.startswith("| metric | value |") and all(f"| {k} |" in table

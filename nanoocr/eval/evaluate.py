@@ -188,6 +188,9 @@ def markdown_table(summary: dict) -> str:
     for k in ("repetition_rate", "no_stop_rate"):  # share of outputs ending in a loop / running to the budget
         if k in summary:
             lines.append(f"| {k} | {summary[k]:.4f} | lower |")
+    for k in ("chars_per_vision_token", "read_chars_per_vision_token"):  # ground truth / read chars per image token
+        if k in summary:
+            lines.append(f"| {k} | {summary[k]:.4f} | higher |")
     k_exact = int(round(summary["exact_match"] * summary["n"]))
     lines += ["", f"n = {summary['n']} evaluated ({k_exact}/{summary['n']} exact), {summary['skipped']} skipped, "
                   f"{summary['read']} read; mode {summary['mode']}"]
@@ -501,7 +504,7 @@ def main(argv=None) -> int:
 
     from nanoocr.eval.metrics import summarize
     from nanoocr.eval.repetition import guard_kwargs
-    from nanoocr.eval.transcribe import ExportError, load_export
+    from nanoocr.eval.transcribe import ExportError, load_export, vision_token_density
     from nanoocr.model.precision import device_from_args
     try:
         device = device_from_args(args)
@@ -531,7 +534,7 @@ def main(argv=None) -> int:
     for s in failed:
         print(f"[skip] {s['id']}: {s['reason']}", file=sys.stderr)
     skipped += failed
-    summary = {**summarize(rows), "skipped": len(skipped), "read": len(records), "mode": mode,
+    summary = {**summarize(rows), **vision_token_density(rows), "skipped": len(skipped), "read": len(records), "mode": mode,
                "model": str(args.model), "data": str(args.data), "max_new_tokens": args.max_new_tokens,
                "guard": guard_info, "seconds": round(time.time() - t0, 2)}
     assert summary["read"] == summary["n"] + summary["skipped"], f"count mismatch: {summary}"

@@ -18,7 +18,7 @@ from PIL import Image
 from nanoocr.model.distributed import full_params, unwrap
 from nanoocr.model.engine import Engine
 from nanoocr.model.precision import resolve
-from nanoocr.data.images import MODES, image_views, open_image
+from nanoocr.data.images import MODES, count_tokens, image_views, open_image
 from nanoocr.eval.metrics import score, summarize
 from nanoocr.eval.repetition import ends_in_loop
 from nanoocr.data.processing import expand_image
@@ -127,8 +127,21 @@ def evaluate_records(model, tokenizer, records: list[dict], mode: str = "base", 
         for r, pred, stop in zip(group, preds, stopped):
             gt = next(m["content"] for m in r["messages"] if m["role"] == "assistant")
             rows.append({"id": r["id"], "pred": pred, "gt": gt, **score(pred, gt), "ends_in_loop": ends_in_loop(pred),
-                         "stopped": stop})
+                         "stopped": stop, "vision_tokens": count_tokens(mode, open_image(r["image"]).size,
+                                                              min_crops=kwargs.get("min_crops", 2),
+                                                              max_crops=kwargs.get("max_crops", 6))})
     order = {r["id"]: i for i, r in enumerate(records)}
     rows.sort(key=lambda row: order[row["id"]])
-    return summarize(rows), rows
+    return {**summarize(rows), **vision_token_density(rows)}, rows
+
+
+def vision_token_density(rows: list[dict]) -> dict:
+    """DeepSeek-OCR's compression figure for a set of evaluate_records rows: characters of ground truth per
+    vision token (`chars_per_vision_token`), and of it read correctly (`read_chars_per_vision_token`: each
+    sample's characters times max(0, 1 - CER)), with `vision_tokens` the image positions the images took."""
+    tokens = sum(row["vision_tokens"] for row in rows)
+    chars = sum(len(row["gt"]) for row in rows)
+    read = sum(len(row["gt"]) * max(0.0, 1.0 - row["cer"]) for row in rows)
+    return {"vision_tokens": tokens, "chars_per_vision_token": chars / tokens if tokens else 0.0,
+            "read_chars_per_vision_token": read / tokens if tokens else 0.0}
 
