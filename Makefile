@@ -12,6 +12,8 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -e '.[dev]'
 	@command -v pdftoppm >/dev/null || (apt-get install -y -q poppler-utils || (apt-get update -q && apt-get install -y -q poppler-utils)) || echo "warning: poppler-utils (pdftoppm/pdftotext) not installed; PDF sources will not work"
+	@command -v tesseract >/dev/null || (apt-get install -y -q tesseract-ocr tesseract-ocr-eng || (apt-get update -q && apt-get install -y -q tesseract-ocr tesseract-ocr-eng)) || echo "warning: tesseract-ocr not installed; the Tesseract baseline (nanoocr.eval.tesseract) will not run"
+	@test -d /usr/share/fonts/truetype/liberation -a -d /usr/share/fonts/truetype/freefont || (apt-get install -y -q fonts-dejavu-core fonts-liberation fonts-freefont-ttf || (apt-get update -q && apt-get install -y -q fonts-dejavu-core fonts-liberation fonts-freefont-ttf)) || echo "warning: fonts-liberation / fonts-freefont-ttf not installed; the reading curriculum (nanoocr.data.reading) has fewer fonts"
 	touch $@
 
 setup: $(BIN)/.installed

@@ -12,6 +12,9 @@ deterministic: the same (n, seed) gives byte-identical images and texts on the s
 | formula    | matplotlib mathtext rendering                 | the LaTeX source                |
 | overfit10  | exactly 10 short distinct texts, large glyphs | the text (the Tier-1 set)       |
 | gundam10   | 10 pages >= 2000 px with ~10 px text          | the text (needs Gundam crops)   |
+| reading    | words / lines / blocks, many fonts, degraded  | the text (nanoocr.data.reading) |
+| reading_unseen_words | the same with held-out words        | the text                        |
+| reading_unseen_fonts | the same in held-out fonts          | the text                        |
 
 Notable features:
 - fonts: DejaVu from /usr/share/fonts/truetype/dejavu when installed, else PIL's scalable default font
@@ -32,6 +35,7 @@ from typing import Callable, Iterator
 
 from PIL import Image, ImageDraw, ImageFont
 
+from nanoocr.data.reading import READING_GENERATORS  # unbounded; its own module: fonts, word lists, splits
 from nanoocr.data.records import FORMULA_PROMPT, IMAGE_TAG, OCR_PROMPT, TABLE_PROMPT, qa
 
 DEJAVU = Path("/usr/share/fonts/truetype/dejavu")
@@ -232,5 +236,5 @@ def gundam10(n: int = 10, seed: int = 0) -> Iterator[dict]:
 
 GENERATORS: dict[str, Callable[..., Iterator[dict]]] = {
     "text_page": text_page, "receipt": receipt, "chart": chart, "table": table,
-    "formula": formula, "overfit10": overfit10, "gundam10": gundam10,
+    "formula": formula, "overfit10": overfit10, "gundam10": gundam10, **READING_GENERATORS,
 }

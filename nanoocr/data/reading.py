@@ -1,0 +1,402 @@
+"""The reading curriculum: an unbounded, deterministic synthetic source of words, lines and short text blocks
+rendered in many fonts, with held-out words and held-out fonts for measuring generalisation.
+
+| name                  | words                  | fonts                 | use                               |
+|-----------------------|------------------------|-----------------------|-----------------------------------|
+| reading               | TRAIN_WORDS (~90%)     | train fonts           | training stream (any n)           |
+| reading_unseen_words  | HELD_OUT_WORDS (~10%)  | train fonts           | eval: can it read words it never saw? |
+| reading_unseen_fonts  | TRAIN_WORDS            | held-out fonts        | eval: can it read a typeface it never saw? |
+
+Each generator is `gen(n, seed=0) -> Iterator[record]` (the nanoocr.data.synthetic signature; registered in
+its GENERATORS, so `synthetic:reading:100000` is a conversion SPEC). Sample i depends only on (name, seed, i):
+its randomness is `random.Random(f"{name}:{seed}:{i}")`, so n can be any size (nothing is precomputed, a
+stream of 10**9 samples starts at once) and sample i is the same whatever n is.
+
+A sample (`sample(name, seed, i)` gives one with its rendering parameters):
+- level (from the index's random stream): 40% "word" (1-3 words, 32-64 px), 40% "line" (4-10 tokens as fit,
+  24-40 px), 20% "block" (2-5 lines of 3-8 tokens as fit, 22-32 px). Sizes are the em in pixels on a canvas
+  512-640 px wide, so the tiny (512) and small (640) views shrink text by at most 0.8x;
+- tokens: words of the split's list, ~10% Capitalized, ~3% UPPER CASE, ~5% numbers, occasional commas and a
+  full stop at a line's end; the answer is the rendered text exactly, lines joined by "\\n";
+- canvas: grey background and ink of random levels at least 90 grey levels apart (10% light on dark), text
+  at a random position; then, each with probability 0.3, a Gaussian blur (radius 0.3-1.0), Gaussian noise
+  (sigma 2-10) and a JPEG round trip (quality 30-90); stored as a greyscale PNG (no timestamps:
+  same parameters, same bytes);
+- id `"{name}-s{seed}-{i:06d}-{level}-{font file stem}"`, source `"synthetic:{name}"`: the id says which
+  level and font made the image.
+
+Splits (fixed, no randomness):
+- words: WORDS is a fixed embedded list of 2400 common English words (wordfreq's English frequency list,
+  kept if all-lowercase ASCII and in Debian's wamerican dictionary, names, slurs and charged words removed).
+  A word is held out iff blake2b(word) % 10 == 0 (~10%): a held-out word never appears in a `reading` or
+  `reading_unseen_fonts` sample, in any casing;
+- fonts: every file of FONT_FILES that is installed (sorted), FreeSerif (regular, bold, italic) and DejaVu
+  Serif Condensed held out (HELD_OUT_FONTS, the ones installed). The set in use therefore depends on the
+  installed Debian font packages (fonts-dejavu-core, fonts-liberation, fonts-freefont-ttf; fonts-noto-core
+  if present): the same packages give the same data. Fewer than 3 installed fonts, or none held out, is an
+  error naming the packages to install.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import random
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from nanoocr.data.records import OCR_PROMPT, qa
+
+FONT_ROOT = Path("/usr/share/fonts/truetype")
+# Regular / bold / italic of each family; condensed, light and math faces left out (odd shapes for a start).
+FONT_FILES = (
+    "dejavu/DejaVuSans.ttf", "dejavu/DejaVuSans-Bold.ttf", "dejavu/DejaVuSans-Oblique.ttf",
+    "dejavu/DejaVuSerif.ttf", "dejavu/DejaVuSerif-Bold.ttf", "dejavu/DejaVuSerif-Italic.ttf",
+    "dejavu/DejaVuSansMono.ttf", "dejavu/DejaVuSansMono-Bold.ttf", "dejavu/DejaVuSerifCondensed.ttf",
+    "liberation/LiberationSans-Regular.ttf", "liberation/LiberationSans-Bold.ttf",
+    "liberation/LiberationSans-Italic.ttf", "liberation/LiberationSerif-Regular.ttf",
+    "liberation/LiberationSerif-Bold.ttf", "liberation/LiberationSerif-Italic.ttf",
+    "liberation/LiberationMono-Regular.ttf", "liberation/LiberationMono-Bold.ttf",
+    "liberation/LiberationSansNarrow-Regular.ttf",
+    "freefont/FreeSans.ttf", "freefont/FreeSansBold.ttf", "freefont/FreeSansOblique.ttf",
+    "freefont/FreeSerif.ttf", "freefont/FreeSerifBold.ttf", "freefont/FreeSerifItalic.ttf",
+    "freefont/FreeMono.ttf", "freefont/FreeMonoBold.ttf",
+    "noto/NotoSans-Regular.ttf", "noto/NotoSerif-Regular.ttf", "noto/NotoSansMono-Regular.ttf",
+)
+# A whole typeface (all its weights) is held out, so no sibling of an unseen font is in training either.
+HELD_OUT_FONTS = frozenset({"freefont/FreeSerif.ttf", "freefont/FreeSerifBold.ttf", "freefont/FreeSerifItalic.ttf",
+                            "dejavu/DejaVuSerifCondensed.ttf"})
+FONT_PACKAGES = "fonts-dejavu-core fonts-liberation fonts-freefont-ttf"
+HELD_OUT_EVERY = 10  # one word in ten (by hash) is held out
+LEVELS = (("word", 0.4), ("line", 0.4), ("block", 0.2))
+
+# 2400 common English words, most frequent first (see the module docstring for where they come from).
+WORDS = tuple("""
+the to and of in is for that you it on with this was be as are have at he not by but from my or we an your all
+so his they me if one can will just like about up out what has when more do no were who had their there her
+which time get been would she new people how some also them now other its our than good only after first him
+into know see two make over think any then could back these us want because go well said way most much very
+where even should may here need really did right work year years being day too going before off why made still
+take got many never those life say world down great through last while best such love man home long look
+something use same used both every come part state three around between always better find help high little
+old since another does own things under during game thing give house place school again next each without
+against end found must show big feel sure team ever family keep might please put money free second someone
+away left number city days lot name night play until company doing few let real called different having set
+thought done however getting government group looking public top women business care start system times week
+already anything case nothing person today change enough everything full live making point read told yet bad
+four hard mean once support tell including music power seen states stop water based believe call head men
+national small took white came far job side though try went yes actually later less line order party run says
+service country open season thank children everyone general trying united using area black following law makes
+together whole car face five kind maybe per story working course games health hope important least means news
+within able book early friends information local post thanks video young ago others social talk court fact
+given half hand level mind often single become body coming control food guy hours office pay problem south
+true almost history known large lost research room several started taking university win wrong along anyone
+else girl matter pretty remember air bit friend hit needs nice playing probably saying understand class close
+comes idea looks past possible wanted cause due happy human members months move question series wait woman ask
+community data late leave north saw special watch either future light low million morning police short stay
+taken age buy deal rather reason red report soon third turn whether among check development form further heart
+minutes myself services yourself act although asked child fire fun living major media phone players art behind
+building easy market near plan quite six talking west works according available education final former front
+kids list ready sometimes son street bring college current example experience heard meet program type baby
+chance father march process song study word across action clear gave gets himself month outside self students
+words board cost cut field held instead main moment mother road seems thinking town wants department energy
+fight fine force hear issue played points price rest results running shows space summer term wife beautiful
+date goes land miss project site strong account especially eyes include parents period position record similar
+total above club common film happened knew lead likely perfect personal security share won center county
+couple happen hold industry inside issues online player private problems return rights sense star test view
+weeks break companies event higher hour member middle needed present result sorry takes training wish answer
+boy design finally girls gold gone guess interest king learn policy society added alone average bank brought
+certain church east hands hot longer medical movie original park performance press received role sent
+themselves tried worked worth areas became bill books cool director exactly giving ground meeting provide
+questions relationship sound source usually value evidence follow lives official production rate reading round
+save stand stuff tax whatever amount blue countries drive eat fall fast federal feeling felt green league
+management match model picture size step trust central changes forward groups key mom page paid range review
+science trade upon various attention brother cannot character chief cup football led looked lower natural
+property quality send style amazing august complete dog economic involved itself language oil related serious
+stage terms title add article born decided decision enjoy entire met perhaps poor release situation technology
+turned website written choice code considered continue council cover currently door events financial foreign
+hair increase legal lose pick race seem seven sign simple simply staff super union walk bed began built career
+changed crazy daily daughter die difficult figure hospital knows loss modern ones paper parts popular
+published safe starting systems version voice whose writing earth forget goal huge internet listen okay
+practice rules sea sir success towards waiting ways access base below created deep followed mark missing offer
+pass professional released risk schools sleep table ten truth ball box build card cases dark district mine
+note percent piece products recent seeing straight visit wall wrote allowed boys culture fans gives growth
+included married officer places respect response river rock shall speak specific standard tonight write album
+century charge cold create effect eight except eye funny limited moving network peace provided recently
+required sales spent store student tomorrow track watching weight addition ahead allow association beat brown
+capital committee conference difference double expect gas island moved normal plans population potential
+pressure radio station text treatment western beginning campaign certainly completely content credit cross
+described despite female focus husband ice individual interesting join kept leading loved message miles nearly
+particular previous quickly region reported section sort speed travel consider contact drop fair feet kid link
+positive sale throughout tour welcome absolutely additional beyond conditions earlier extra forces immediately
+jobs leaving minute nature numbers quick sell significant studies unless winning agree clean computer
+construction episode favorite income justice levels manager movement photo posted safety scene sold sounds
+spend statement sun teams ability announced asking calling coach collection continued costs definitely
+designed expected happens heavy includes knowledge particularly search subject train wide wow author claim dad
+developed fear fit generally global goals hotel interested judge lady leader letter lines material named
+nobody opportunity plus product regular secretary sister stories unit workers annual anymore bar brain
+contract degree families features finished floor growing hurt image insurance majority meant opening opinion
+physical reach rule seriously sports successful active approach biggest civil dance defense direction
+independent master none reasons ship stock weekend wonder worst awesome band beach cash clearly commercial
+compared effort ended fan fighting imagine impact lack latest learning multiple older operation organization
+passed pictures protect secret senior spring telling wear activities address analysis anyway bought calls
+choose color commission competition details direct dream easily finish grand increased literally luck marriage
+names necessary patients resources rich skin speaking supposed sweet thus touch yesterday caught closed damage
+directly doctor doubt drink driving established feels fish glad greater grow largest machine notice overall
+planning professor programs records reports shown sit trip associated basic captain carry cars effective
+effects explain fully highly holding laws male parties plant reality spot winter worse advice agreement award
+block broken caused challenge characters comment equipment eventually helped lived lots nation otherwise
+prices primary purpose rates responsible shop showing teacher theory uses agency avoid camera catch cell coast
+comments economy environment executive foot hall mass meaning mission nine officers operations pop produced
+ran status therefore trial truly weather activity app application claims coffee complex condition division
+evening flight freedom heat highest interview library located location offered putting queen seconds showed
+sitting standing stars walking accept actual appear attempt broke channel distance eating exchange fell
+finding glass learned losing mobile northern opened placed powerful prior protection reached receive religious
+ride royal screen serve signed slow species speech traffic tree types wearing whom wonderful agreed airport
+animals appears begin benefits bottom cities demand engine everybody famous ideas investment keeping lie notes
+partner plays raised runs sad solution songs sources southern square stopped structure traditional twice wind
+worry appeared becomes brand bus cent count covered critical digital forced fourth fresh lake mental mentioned
+missed mostly mouth owner photos previously realize remain scale score separate smart starts surface throw
+totally views wedding acting actions arms benefit budget click estate failed faith fashion feature fund
+generation hearing hill larger metal mid profile pull push returned rose seat seemed target village agent
+animal apply authority basis becoming draw employees enter follows foundation gain individuals leaders memory
+prime projects ring rise selling served silver soul spread supply waste weird adult apparently artist chairman
+edition engineering grade happening healthy institute method nations obviously option provides remains senate
+smaller somebody stone strength users wild window winner arrived bag bet camp cast continues correct dangerous
+extremely firm greatest handle improve indeed leaves movies negative prevent removed spirit television till
+trouble videos advantage apart aware cat customers decide dinner dollars eastern fifth function gift helping
+herself impossible influence items marketing materials nor produce progress proud require shut standards tells
+thinks van wood background birth bridge carried classes completed concept copy dear dogs efforts garden host
+housing journal labor leadership length lucky neither onto patient possibly prove rare setting skills software
+thousands tough units alive apple balance birthday boss cards changing connection dress easier fellow horse
+knowing liked magic managed map net owned request stick turns vehicle volume wake aid beauty believed billion
+busy buying cells concerned conversation corner cultural develop driver ends existing farm file fix fly guide
+images operating paying presented raise roll slightly suggest surprise technical thoughts treat unique variety
+yours youth appreciate bigger breaking discovered dry edge evil excited forever funds helps iron lovely mad
+magazine models offers ordered prepared reference religion sites somewhere stated strategy teachers web wine
+accounts arm audience bay blog closer core description dropped excellent exist figures forms guard honest
+issued joined lies likes medicine mention mountain nuclear orders port presence reaction reduce sides solid
+sport steps stress taste tea victory afternoon assistant citizens classic clothes decisions electric emergency
+entered entirely facts failure festival flat fuel hello houses ill initial introduced kick links mail massive
+matters pair picked pieces plane plenty prince proper providing quarter regional session shape sky teaching
+toward transfer upper useful valley watched willing windows zone accident advanced alternative anywhere
+articles awards bear boat bringing capacity cheap climate communities discussion drinking duty fantastic
+feelings flying hundred industrial joint mix museum options path plants policies promise proposed purchase
+rain remove signs spending steel supporting terrible tired treated turning vice warm afraid arts beer border
+command crew crowd dating elements ensure filled fixed forest intelligence intended limit moon ocean powers
+profit proof suit wins appearance attorney banks behavior bodies brothers buildings chair creating debt
+domestic expensive grew historical homes honestly honor jump launch listed minimum native noted originally
+planned ray sets suddenly supreme survey tech trees update user writer yellow younger ancient charges combined
+connected contains download email ending exercise express flow formed hero increasing joke loan methods
+officials performed planet restaurant selected shared shopping soft stuck sugar suggested supported surprised
+taught transport accepted adding affairs allows appeal applied appropriate artists confirmed device drama
+entry era factor feed golden grant grown heads hoping keeps lawyer legs lying measures mistake platform pool
+pulled regarding relations requires route saved schedule scientific shoes smoke squad teach testing tests
+values walked businesses candidate comfortable concern developing discuss emotional everywhere facilities
+falling fox hole holiday interests internal laugh leg letters listening loves lunch milk pack payment perform
+recorded relatively sector sharing snow storm streets strike studio weak actor advance apartment chain chapter
+committed confidence cook cute equal fake finance focused hits identity journey kitchen leads maintain measure
+numerous owners posts properties quiet revealed specifically split task taxes twenty urban acts affected
+aircraft applications approved argument claimed conflict considering corporate debate determined distribution
+documents escape extended factors faster fault fill films flowers friendly ladies lay lights millions mixed
+phase properly pure reduced requirements residents revenue sat secure smile strange talent temperature
+thousand truck authorities basically besides bird blame bowl causes chicken collected context coverage
+determine display elected examples experienced falls false fired forgot funding identified incredible inspired
+launched meat ministry mode neck noticed novel obvious passing positions remaining scored shirt shots slowly
+stadium stores trading vision whenever worried zero allowing begins champion charged cream crisis delivered
+editor estimated giant kingdom literature minor moments opposite orange ourselves pages remained selection
+serving signal stream struggle talked theme tiny typically usual vehicles walls wave assembly breakfast bright
+brings capable carrying chosen combination customer cutting desire destroyed draft essential fail familiar
+finds granted humans hundreds improved largely laughing markets medium papers perfectly recommend referred
+relevant seek sending solo spoke stands talks ticket unable upset wing answers birds creative cycle dealing
+directed educational extreme facility fields goods hang holds info mainly maximum newspaper offering painting
+reserve returns row salt scared shares statistics switch territory threat tickets adults affect appointed
+armed aside assistance bell blow bond careful concerns controlled corporation cry danger deals delivery
+deserve devices dollar dreams empty enjoyed explained faces folks gender instance matches mile motion moves
+pacific prize realized reasonable receiving register resolution rural saving sees singing tools typical
+universe warning admit attitude branch conducted decades dedicated definition drawing favor flag frame guest
+heaven independence institutions load plot possibility random recovery rent replace represent reviews scenes
+seeking sentence teeth tips trained understood academic academy accurate achieve afford assume bottle bunch
+category chat cheese chemical competitive detail diet fruit harder index item lane mess normally occurred
+opposition parent permanent personally pleasure prefer programme scheme shift stood storage tank tend tight
+ultimately unlike weekly yard anybody assets basketball button candidates constitution consumer counter
+creation crown defined depending describe drivers employment exclusive excuse expert frequently golf grace
+hopefully identify importance laid latter mining object partners pattern performing personnel perspective
+premier promote revolution rooms severe sleeping suppose tool tournament agents attend ban brilliant carbon
+chose circle concert crash declared deliver depth deputy doctors earned electronic error existence experiences
+expression factory headed interior joy legislation maintenance manner mate nearby noise origin panel
+personality plate practices prepare relief replaced resistance retail rice roads roof shame ships somewhat
+staying stronger surely tip updated writers absolute advertising agencies baseball bathroom cable calm
+championship checked client constant dates degrees doors driven empire exciting expansion heavily hide
+incident linked manage messages print quit refused reporting sight sing wet widely
+""".split())
+
+
+def _held_out(word: str) -> bool:
+    # blake2b of the word, not hash(): Python salts str hashes per process; this split never moves.
+    return int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "big") % HELD_OUT_EVERY == 0
+
+
+HELD_OUT_WORDS = tuple(w for w in WORDS if _held_out(w))
+TRAIN_WORDS = tuple(w for w in WORDS if not _held_out(w))
+
+
+class FontsMissing(ValueError):
+    """Too few of FONT_FILES are installed to make the train / held-out font split."""
+
+
+@lru_cache(maxsize=None)
+def installed_fonts(root: Path = FONT_ROOT) -> tuple[str, ...]:
+    """The FONT_FILES present under `root`, sorted (the same installed packages give the same list)."""
+    return tuple(sorted(f for f in FONT_FILES if (root / f).is_file()))
+
+
+def font_split(root: Path = FONT_ROOT) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(train fonts, held-out fonts) among the installed ones, or FontsMissing naming the packages to install."""
+    fonts = installed_fonts(root)
+    train = tuple(f for f in fonts if f not in HELD_OUT_FONTS)
+    held = tuple(f for f in fonts if f in HELD_OUT_FONTS)
+    if len(fonts) < 3 or not train or not held:
+        raise FontsMissing(f"the reading curriculum needs at least 3 fonts with one held out, found {len(fonts)} "
+                           f"under {root} ({', '.join(fonts) or 'none'}): apt-get install {FONT_PACKAGES}")
+    return train, held
+
+
+@lru_cache(maxsize=256)
+def _font(rel: str, size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(str(FONT_ROOT / rel), size)
+
+
+def _token(rng: random.Random, vocab: tuple[str, ...]) -> str:
+    if rng.random() < 0.05:
+        return str(rng.randint(1, 9999))
+    word = rng.choice(vocab)
+    r = rng.random()
+    return word.capitalize() if r < 0.10 else word.upper() if r < 0.13 else word
+
+
+def _line(rng: random.Random, vocab, fnt, max_w: int, count: int, punctuate: bool) -> str:
+    """Up to `count` tokens that fit in `max_w` pixels, at least one."""
+    tokens: list[str] = []
+    for k in range(count):
+        tok = _token(rng, vocab)
+        if punctuate and k < count - 1 and rng.random() < 0.08:
+            tok += ","
+        if tokens and fnt.getlength(" ".join(tokens + [tok])) > max_w:
+            break
+        # A first token too wide (a long UPPER CASE word at the largest sizes) is drawn again, never cut:
+        # a cut word could be a held-out word.
+        while not tokens and fnt.getlength(tok) > max_w:
+            tok = _token(rng, vocab)
+        tokens.append(tok)
+    text = " ".join(tokens).rstrip(",")
+    if punctuate and rng.random() < 0.3 and fnt.getlength(text + ".") <= max_w:
+        text += "."
+    return text
+
+
+def _pick_level(rng: random.Random) -> str:
+    r = rng.random()
+    for level, p in LEVELS:
+        if r < p:
+            return level
+        r -= p
+    return LEVELS[-1][0]
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")  # PIL writes no timestamp chunk: same pixels -> same bytes
+    return buf.getvalue()
+
+
+def _degrade(img: Image.Image, rng: random.Random, info: dict) -> Image.Image:
+    """Blur, noise and a JPEG round trip, each with probability 0.3 (what a camera or a scanner does)."""
+    if rng.random() < 0.3:
+        info["blur"] = round(rng.uniform(0.3, 1.0), 3)
+        img = img.filter(ImageFilter.GaussianBlur(info["blur"]))
+    if rng.random() < 0.3:
+        info["noise"] = round(rng.uniform(2.0, 10.0), 3)
+        noise = np.random.default_rng(rng.getrandbits(64)).normal(0.0, info["noise"], (img.height, img.width))
+        img = Image.fromarray(np.clip(np.asarray(img, dtype=np.float64) + noise, 0, 255).round().astype(np.uint8))
+    if rng.random() < 0.3:
+        info["jpeg"] = rng.randint(30, 90)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=info["jpeg"])
+        img = Image.open(io.BytesIO(buf.getvalue())).convert("L")
+    return img
+
+
+def sample(name: str, seed: int, i: int) -> tuple[dict, dict]:
+    """(record, rendering parameters) of sample `i` of generator `name`; depends on nothing but the three."""
+    if name not in SPLITS:
+        raise ValueError(f"unknown reading generator {name!r}; expected one of {sorted(SPLITS)}")
+    unseen_words, unseen_fonts = SPLITS[name]
+    train_fonts, held_fonts = font_split()
+    vocab = HELD_OUT_WORDS if unseen_words else TRAIN_WORDS
+    rng = random.Random(f"{name}:{seed}:{i}")
+    level = _pick_level(rng)
+    font_rel = rng.choice(held_fonts if unseen_fonts else train_fonts)
+    width = rng.randint(512, 640)
+    max_w = width - 32  # at least 16 px of margin each side
+    if level == "word":
+        size, counts, punctuate = rng.randint(32, 64), [rng.randint(1, 3)], False
+    elif level == "line":
+        size, counts, punctuate = rng.randint(24, 40), [rng.randint(4, 10)], True
+    else:
+        size, punctuate = rng.randint(22, 32), True
+        counts = [rng.randint(3, 8) for _ in range(rng.randint(2, 5))]
+    fnt = _font(font_rel, size)
+    lines = [_line(rng, vocab, fnt, max_w, c, punctuate) for c in counts]
+    ascent, descent = fnt.getmetrics()
+    step = int(size * rng.uniform(1.2, 1.5))
+    text_w = min(max_w, math.ceil(max(fnt.getlength(line) for line in lines)))
+    text_h = (len(lines) - 1) * step + ascent + descent
+    height = max(text_h + 32, rng.randint(96, 400))
+    if rng.random() < 0.1:  # light text on a dark ground
+        bg = rng.randint(0, 90)
+        fg = rng.randint(bg + 90, 255)
+    else:
+        bg = rng.randint(165, 255)
+        fg = rng.randint(0, bg - 90)
+    x, y = rng.randint(16, width - 16 - text_w), rng.randint(16, height - 16 - text_h)
+    img = Image.new("L", (width, height), bg)
+    draw = ImageDraw.Draw(img)
+    for k, line in enumerate(lines):
+        draw.text((x, y + k * step), line, font=fnt, fill=fg)
+    info = {"level": level, "font": font_rel, "size": size, "fg": fg, "bg": bg, "lines": lines,
+            "blur": None, "noise": None, "jpeg": None}
+    img = _degrade(img, rng, info)
+    rid = f"{name}-s{seed}-{i:06d}-{level}-{Path(font_rel).stem}"
+    return qa(OCR_PROMPT, "\n".join(lines), png_bytes(img), rid, f"synthetic:{name}"), info
+
+
+def _stream(name: str, n: int, seed: int) -> Iterator[dict]:
+    font_split()  # fail on missing fonts at the first record, not mid-stream
+    for i in range(n):
+        yield sample(name, seed, i)[0]
+
+
+def reading(n: int, seed: int = 0) -> Iterator[dict]:
+    """Training stream: train words in train fonts."""
+    return _stream("reading", n, seed)
+
+
+def reading_unseen_words(n: int, seed: int = 0) -> Iterator[dict]:
+    """Held-out words (never in `reading`) in train fonts."""
+    return _stream("reading_unseen_words", n, seed)
+
+
+def reading_unseen_fonts(n: int, seed: int = 0) -> Iterator[dict]:
+    """Train words in the held-out fonts (never in `reading`)."""
+    return _stream("reading_unseen_fonts", n, seed)
+
+
+# name -> (held-out words?, held-out fonts?)
+SPLITS = {"reading": (False, False), "reading_unseen_words": (True, False), "reading_unseen_fonts": (False, True)}
+READING_GENERATORS = {"reading": reading, "reading_unseen_words": reading_unseen_words,
+                      "reading_unseen_fonts": reading_unseen_fonts}

@@ -1,0 +1,114 @@
+"""The reading curriculum (nanoocr.data.reading): deterministic and unbounded, the word and font splits hold,
+every level occurs, images are real and large enough for the tiny/small views."""
+import io
+import itertools
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nanoocr.data import reading
+from nanoocr.data.records import validate_record
+from nanoocr.data.synthetic import GENERATORS
+
+N = 150  # samples per split checked: ~30 blocks, ~60 lines, ~60 word images
+
+
+def answer(rec) -> str:
+    return rec["messages"][1]["content"]
+
+
+def words_of(text: str) -> set[str]:
+    """The words of an answer in lower case, punctuation and numbers dropped (the split is case-blind)."""
+    return {w.lower() for w in re.findall(r"[A-Za-z]+", text)}
+
+
+@pytest.fixture(scope="module")
+def streams():
+    return {name: [reading.sample(name, 0, i) for i in range(N)] for name in reading.SPLITS}
+
+
+def test_registered_and_deterministic():
+    for name in reading.SPLITS:
+        assert GENERATORS[name] is reading.READING_GENERATORS[name]
+        a, b = list(GENERATORS[name](6, 3)), list(GENERATORS[name](6, 3))
+        assert [(r["id"], r["image"], r["messages"]) for r in a] == [(r["id"], r["image"], r["messages"]) for r in b]
+        assert [r["image"] for r in a] != [r["image"] for r in GENERATORS[name](6, 4)]
+
+
+def test_sample_i_independent_of_n_and_unbounded():
+    short = list(GENERATORS["reading"](3, 0))
+    longer = list(GENERATORS["reading"](8, 0))
+    assert [r["image"] for r in short] == [r["image"] for r in longer[:3]]
+    # A stream of 10**12 samples starts at once (nothing precomputed) and sample i is the same deep inside it.
+    deep = next(itertools.islice(GENERATORS["reading"](10**12, 0), 5, None))
+    assert deep["image"] == longer[5]["image"] and deep["id"] == longer[5]["id"]
+    assert reading.sample("reading", 0, 10**11)[0]["id"].startswith("reading-s0-100000000000-")
+
+
+def test_word_split(streams):
+    held, train = set(reading.HELD_OUT_WORDS), set(reading.TRAIN_WORDS)
+    assert len(reading.WORDS) == len(set(reading.WORDS)) >= 2000
+    assert not held & train and held | train == set(reading.WORDS)
+    assert 0.07 < len(held) / len(reading.WORDS) < 0.13
+    seen = {name: set().union(*(words_of(answer(r)) for r, _ in streams[name])) for name in streams}
+    # Independent of the module's own lists: the words the streams actually show.
+    assert not seen["reading"] & seen["reading_unseen_words"]
+    assert not seen["reading_unseen_fonts"] & seen["reading_unseen_words"]
+    assert seen["reading_unseen_words"] <= held and len(seen["reading_unseen_words"]) > 100
+    assert seen["reading"] <= train and seen["reading_unseen_fonts"] <= train
+
+
+def test_font_split(streams):
+    train_fonts, held_fonts = reading.font_split()
+    assert len(train_fonts) >= 2 and held_fonts and not set(train_fonts) & set(held_fonts)
+    used = {name: {info["font"] for _, info in streams[name]} for name in streams}
+    for name in streams:  # the id names the level and the font that drew the image
+        for rec, info in streams[name]:
+            assert rec["id"].split("-", 4)[3:] == [info["level"], Path(info["font"]).stem], rec["id"]
+    assert not used["reading"] & used["reading_unseen_fonts"]
+    assert not used["reading_unseen_words"] & used["reading_unseen_fonts"]
+    assert used["reading_unseen_fonts"] == set(held_fonts)
+    assert len(used["reading"]) >= min(len(train_fonts), 10)  # the train stream really mixes its fonts
+
+
+def test_levels_answers_and_images(streams):
+    for name, samples in streams.items():
+        levels = [info["level"] for _, info in samples]
+        share = {lvl: levels.count(lvl) / len(levels) for lvl in ("word", "line", "block")}
+        assert 0.3 < share["word"] < 0.5 and 0.3 < share["line"] < 0.5 and 0.12 < share["block"] < 0.28, share
+        for rec, info in samples[:60]:
+            assert validate_record(rec)["image"] == rec["image"]
+            assert rec["source"] == f"synthetic:{name}" and rec["messages"][0]["content"] == "<image>\nFree OCR."
+            lines = answer(rec).split("\n")
+            assert lines == info["lines"] and all(line.strip() == line and line for line in lines)
+            n_lines = {"word": 1, "line": 1, "block": len(lines)}[info["level"]]
+            assert len(lines) == n_lines and (info["level"] != "block" or 2 <= n_lines <= 5)
+            img = Image.open(io.BytesIO(rec["image"]))
+            assert img.format == "PNG" and 512 <= img.width <= 640
+            assert info["size"] >= 22 and abs(info["fg"] - info["bg"]) >= 90
+            # Independent size check from the pixels: the rows holding ink span at least the text's x-height
+            # per line (about half the em; 0.35 of it with margin for blur/JPEG), and ink is present at all.
+            grey = np.asarray(img.convert("L"), dtype=np.int16)
+            ink = np.abs(grey - info["bg"]) > abs(info["fg"] - info["bg"]) / 2
+            rows = np.flatnonzero(ink.sum(axis=1) >= 3)
+            assert rows.size and rows[-1] - rows[0] + 1 >= 0.35 * info["size"], (rec["id"], rows[:5])
+
+
+def test_degradations_all_occur(streams):
+    infos = [info for samples in streams.values() for _, info in samples]
+    for key in ("blur", "noise", "jpeg"):
+        share = sum(info[key] is not None for info in infos) / len(infos)
+        assert 0.2 < share < 0.4, (key, share)
+    assert any(info["bg"] < info["fg"] for info in infos), "some light-on-dark samples"
+
+
+def test_too_few_fonts_names_the_packages(tmp_path):
+    (tmp_path / "dejavu").mkdir()
+    (tmp_path / "dejavu" / "DejaVuSans.ttf").write_bytes(b"")
+    with pytest.raises(reading.FontsMissing, match="apt-get install fonts-dejavu-core fonts-liberation"):
+        reading.font_split(tmp_path)
+    with pytest.raises(ValueError, match="unknown reading generator"):
+        reading.sample("nope", 0, 0)
