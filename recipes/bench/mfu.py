@@ -40,11 +40,16 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16}  # NanoOCR.autocast_dtype of eac
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--presets", nargs="+", default=["nano", "small", "medium"])
-    ap.add_argument("--precisions", nargs="+", choices=sorted(DTYPES), default=["fp32", "bf16"])
+    ap.add_argument("--precisions", nargs="+", choices=sorted(DTYPES), default=None,
+                    help="default: fp32 and bf16 where the CPU has bf16 matmul instructions, fp32 alone where "
+                         "bf16 is emulated (~1 GFLOP/s on an AVX2-only CPU: a nano step takes minutes, and "
+                         "cpu_autocast: auto picks fp32 there)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--mode", default="base")
     args = ap.parse_args(argv)
+    if args.precisions is None:
+        args.precisions = ["fp32", "bf16"] if cpu_bf16_hardware()[0] else ["fp32"]
     torch.manual_seed(0)
     keep_freed_memory()  # what the recipe does on CPU
 
