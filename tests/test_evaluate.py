@@ -62,7 +62,7 @@ def check_outputs(out: Path, n: int) -> tuple[dict, list[dict]]:
     assert all(r["ends_in_loop"] == ends_in_loop(r["pred"]) and isinstance(r["stopped"], bool) for r in rows)
     assert summary["repetition_rate"] == sum(r["ends_in_loop"] for r in rows) / n
     assert summary["no_stop_rate"] == sum(not r["stopped"] for r in rows) / n
-    # chars per vision token: plain modes take a fixed count per image (REFERENCE.md: tiny 73, small 111,
+    # chars per vision token: plain modes take a fixed count per image (docs/FACTS.md: tiny 73, small 111,
     # base 273, large 421)
     per_image = {"tiny": 73, "small": 111, "base": 273, "large": 421}.get(summary["mode"])
     if per_image:
