@@ -112,3 +112,26 @@ def test_too_few_fonts_names_the_packages(tmp_path):
         reading.font_split(tmp_path)
     with pytest.raises(ValueError, match="unknown reading generator"):
         reading.sample("nope", 0, 0)
+
+
+def test_fine_pages_split_and_sizes():
+    """Fine-text pages: the word split holds, pages are big and the text small (what Gundam's crops are for)."""
+    samples = {name: [reading.fine_sample(name, 0, i) for i in range(40)] for name in reading.FINE_SPLITS}
+    seen = {name: set().union(*(words_of(answer(r)) for r, _ in s)) for name, s in samples.items()}
+    assert not seen["reading_fine"] & seen["reading_fine_unseen_words"]
+    assert seen["reading_fine_unseen_words"] <= set(reading.HELD_OUT_WORDS) and len(seen["reading_fine_unseen_words"]) > 40
+    for name, s in samples.items():
+        assert GENERATORS[name] is reading.READING_GENERATORS[name]
+        for rec, info in s:
+            validate_record(rec)
+            img = Image.open(io.BytesIO(rec["image"]))
+            assert img.size == info["page"] and 1280 <= max(img.size) <= 1920 and 800 <= min(img.size) <= 1200
+            assert 14 <= info["size"] <= 20
+            # A 1024 px Base view shrinks the em below the curriculum's smallest (22 px x 0.8)
+            assert info["size"] * 1024 / max(img.size) < 17.6
+            assert answer(rec) == "\n".join(info["lines"]) and 1 <= len(info["lines"]) <= 3
+            # the ink is on the page: dark pixels exist
+            assert (np.asarray(img) < info["bg"] - 60).any()
+    assert [r["image"] for r, _ in samples["reading_fine"][:3]] == [r["image"] for r in GENERATORS["reading_fine"](3, 0)]
+    with pytest.raises(ValueError, match="unknown fine reading generator"):
+        reading.fine_sample("reading_fine_x", 0, 0)

@@ -6,6 +6,8 @@ rendered in many fonts, with held-out words and held-out fonts for measuring gen
 | reading               | TRAIN_WORDS (~90%)     | train fonts           | training stream (any n)           |
 | reading_unseen_words  | HELD_OUT_WORDS (~10%)  | train fonts           | eval: can it read words it never saw? |
 | reading_unseen_fonts  | TRAIN_WORDS            | held-out fonts        | eval: can it read a typeface it never saw? |
+| reading_fine          | TRAIN_WORDS            | train fonts           | fine text on big pages (Gundam vs Base) |
+| reading_fine_unseen_words | HELD_OUT_WORDS     | train fonts           | eval: fine text it never saw      |
 
 Each generator is `gen(n, seed=0) -> Iterator[record]` (the nanoocr.data.synthetic signature; registered in
 its GENERATORS, so `synthetic:reading:100000` is a conversion SPEC). Sample i depends only on (name, seed, i):
@@ -398,5 +400,52 @@ def reading_unseen_fonts(n: int, seed: int = 0) -> Iterator[dict]:
 
 # name -> (held-out words?, held-out fonts?)
 SPLITS = {"reading": (False, False), "reading_unseen_words": (True, False), "reading_unseen_fonts": (False, True)}
+FINE_SPLITS = {"reading_fine": False, "reading_fine_unseen_words": True}  # name -> held-out words?
+
+
+def fine_sample(name: str, seed: int, i: int) -> tuple[dict, dict]:
+    """(record, parameters) of a fine-text page: 1-3 short lines at an em of 14-20 px on a 1280-1920 px page,
+    the case Gundam's crops exist for. A Base view (1024 px) shrinks such a page by 0.53-0.8 (em 7-16 px);
+    Gundam's 640 px tiles of the page (resized to the tile grid) keep it near or above 1x (em 14-24 px),
+    the sizes the reading curriculum teaches. Train fonts; the words of the split (the same word split)."""
+    if name not in FINE_SPLITS:
+        raise ValueError(f"unknown fine reading generator {name!r}; expected one of {sorted(FINE_SPLITS)}")
+    train_fonts, _ = font_split()
+    vocab = HELD_OUT_WORDS if FINE_SPLITS[name] else TRAIN_WORDS
+    rng = random.Random(f"{name}:{seed}:{i}")
+    font_rel = rng.choice(train_fonts)
+    long_side, short_side = rng.randint(1280, 1920), rng.randint(800, 1200)
+    width, height = (long_side, short_side) if rng.random() < 0.5 else (short_side, long_side)
+    size = rng.randint(14, 20)
+    fnt = _font(font_rel, size)
+    lines = [_line(rng, vocab, fnt, width // 2, rng.randint(3, 7), True) for _ in range(rng.randint(1, 3))]
+    ascent, descent = fnt.getmetrics()
+    step = int(size * rng.uniform(1.2, 1.5))
+    text_w = math.ceil(max(fnt.getlength(line) for line in lines))
+    text_h = (len(lines) - 1) * step + ascent + descent
+    bg, fg = rng.randint(200, 255), rng.randint(0, 80)
+    x, y = rng.randint(16, width - 16 - text_w), rng.randint(16, height - 16 - text_h)
+    img = Image.new("L", (width, height), bg)
+    draw = ImageDraw.Draw(img)
+    for k, line in enumerate(lines):
+        draw.text((x, y + k * step), line, font=fnt, fill=fg)
+    info = {"level": "fine", "font": font_rel, "size": size, "fg": fg, "bg": bg, "lines": lines, "page": (width, height)}
+    rid = f"{name}-s{seed}-{i:06d}-fine-{Path(font_rel).stem}"
+    return qa(OCR_PROMPT, "\n".join(lines), png_bytes(img), rid, f"synthetic:{name}"), info
+
+
+def reading_fine(n: int, seed: int = 0) -> Iterator[dict]:
+    """Fine-text pages of train words (Gundam vs Base)."""
+    font_split()
+    return (fine_sample("reading_fine", seed, i)[0] for i in range(n))
+
+
+def reading_fine_unseen_words(n: int, seed: int = 0) -> Iterator[dict]:
+    """Fine-text pages of held-out words (never in any `reading*` training stream)."""
+    font_split()
+    return (fine_sample("reading_fine_unseen_words", seed, i)[0] for i in range(n))
+
+
 READING_GENERATORS = {"reading": reading, "reading_unseen_words": reading_unseen_words,
-                      "reading_unseen_fonts": reading_unseen_fonts}
+                      "reading_unseen_fonts": reading_unseen_fonts,
+                      "reading_fine": reading_fine, "reading_fine_unseen_words": reading_fine_unseen_words}

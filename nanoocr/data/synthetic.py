@@ -15,6 +15,7 @@ deterministic: the same (n, seed) gives byte-identical images and texts on the s
 | reading    | words / lines / blocks, many fonts, degraded  | the text (nanoocr.data.reading) |
 | reading_unseen_words | the same with held-out words        | the text                        |
 | reading_unseen_fonts | the same in held-out fonts          | the text                        |
+| reading_fine (_unseen_words) | 1-3 lines of 14-20 px text on a 1280-1920 px page | the text       |
 
 Notable features:
 - fonts: DejaVu from /usr/share/fonts/truetype/dejavu when installed, else PIL's scalable default font
