@@ -3,6 +3,12 @@
     python -m nanoocr.sample --model DIR --image page.png
     python -m nanoocr.sample --model DIR --image paper.pdf --page 3 [--mode gundam] [--max-new-tokens 1024]
         [--no-repeat-ngram 30 --no-repeat-window 90 --no-repeat-whitelist "<td>,</td>"]
+    python -m nanoocr.sample --model DIR --image page.png --prompt $'<image>\n<|grounding|>OCR this image.' \
+        --boxes out.png
+
+--boxes draws the output's grounding spans (`<|ref|>label<|/ref|><|det|>[[x1,y1,x2,y2]]<|/det|>`, 0-999
+coordinates; nanoocr/eval/grounding.py) on the input page and says on stderr how many boxes it drew and what
+did not parse; with no box it still writes the page.
 
 Decoding uses the no-repeat n-gram guard of the serving stack (vLLM NGramPerReqLogitsProcessor semantics,
 DeepSeek-OCR's image-script settings by default; --no-repeat-ngram 0 turns it off). An output that ran to
@@ -49,6 +55,8 @@ def main(argv=None) -> int:
     ap.add_argument("--mode", help="image mode (default: the one the model was trained with)")
     ap.add_argument("--prompt", help="user prompt containing <image> (default: the training prompt)")
     ap.add_argument("--max-new-tokens", type=int, default=1024)
+    ap.add_argument("--boxes", metavar="OUT.png",
+                    help="draw the output's grounding boxes on the page and save it here (use a grounding prompt)")
     from nanoocr.eval.repetition import add_guard_args, check_guard_args
     add_guard_args(ap)
     from nanoocr.model.precision import add_device_args
@@ -66,6 +74,10 @@ def main(argv=None) -> int:
         ap.error(f"--prompt must contain {IMAGE_TAG} exactly once, got {args.prompt!r}")
     if not 1 <= args.max_new_tokens <= MAX_NEW_TOKENS:
         ap.error(f"--max-new-tokens must be in 1..{MAX_NEW_TOKENS}, got {args.max_new_tokens}")
+    if args.boxes is not None:  # before the model is loaded and run
+        from nanoocr.eval.grounding import check_boxes_path
+        if check_boxes_path(Path(args.boxes)):
+            ap.error(check_boxes_path(Path(args.boxes)))
 
     # The image before the model (and before torch is imported): a bad file is reported at once.
     path = Path(args.image)
@@ -102,6 +114,14 @@ def main(argv=None) -> int:
     print(texts[0])
     if not stopped[0]:
         print(f"note: generation ran to --max-new-tokens {args.max_new_tokens} without stopping", file=sys.stderr)
+    if args.boxes is not None:
+        from nanoocr.eval.grounding import save_boxes
+        try:
+            report = save_boxes(image, texts[0], Path(args.boxes))
+        except OSError as e:
+            print(f"error: --boxes {args.boxes}: {e}", file=sys.stderr)
+            return 2
+        print("\n".join(report), file=sys.stderr)
     return 0
 
 
