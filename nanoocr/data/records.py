@@ -47,6 +47,16 @@ IMAGE_TAG = "<image>"  # what user text writes where the image goes; the tokeniz
 OCR_PROMPT = f"{IMAGE_TAG}\nFree OCR."
 TABLE_PROMPT = f"{IMAGE_TAG}\nConvert the table to HTML."
 FORMULA_PROMPT = f"{IMAGE_TAG}\nConvert the formula to LaTeX."
+# The released DeepSeek-OCR's prompts (docs/FACTS.md "DeepSeek-OCR decoder"), by task; `locate` takes the
+# object's name: DEEPSEEK_PROMPTS["locate"].format("the title"). Free OCR is OCR_PROMPT itself.
+DEEPSEEK_PROMPTS = {
+    "document": f"{IMAGE_TAG}\n<|grounding|>Convert the document to markdown.",
+    "ocr": f"{IMAGE_TAG}\n<|grounding|>OCR this image.",
+    "free_ocr": OCR_PROMPT,
+    "figure": f"{IMAGE_TAG}\nParse the figure.",
+    "describe": f"{IMAGE_TAG}\nDescribe this image in detail.",
+    "locate": f"{IMAGE_TAG}\nLocate <|ref|>{{}}<|/ref|> in the image.",
+}
 # A dense printed page holds ~4000 characters: 1M is a book in one answer, beyond any sequence the model
 # trains on; a longer text is a broken or hostile record (a 50 MB answer), not an OCR sample.
 MAX_TEXT_CHARS = 1_000_000

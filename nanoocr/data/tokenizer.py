@@ -15,6 +15,12 @@ Notable features:
   and appends `<|image|>` as the next id when missing. It can be saved back as plain text files
   (tokenizer.tiktoken + tiktoken.json) and reloaded without pickle. tiktoken is optional
   (`pip install nanoocr[nanochat]`).
+- `DeepseekTokenizer`: the released DeepSeek-OCR tokenizer.json (through `tokenizers`, its ids as released:
+  0 bos, 1 eos, 2 pad, 128815 `<image>`, ...) with DeepSeek-OCR's "plain" template: no role tags,
+  `[bos] + user text (the <image> id once, expanded later) + answer + [eos]`; a prompt for completion ends
+  after the user text. Its grounding and table markup (`<|ref|>`, `<|det|>`, `<|grounding|>`, `<td>`, ...)
+  are single ids in text, as the released tokenizer makes them; bos, eos, pad and `<image>` never are.
+  `Tokenizer.from_file` recognizes it by its bos token; it saves the original files back unchanged.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import io
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -184,7 +191,10 @@ class Tokenizer:
             return TiktokenTokenizer.from_text_files(path.parent)
         if path.suffix == ".pkl":
             return load_nanochat_tokenizer(path.parent)
-        return cls(HFTokenizer.from_file(str(path)))
+        hf = HFTokenizer.from_file(str(path))
+        if hf.token_to_id(DEEPSEEK_BOS) is not None and hf.token_to_id("<|bos|>") is None:
+            return DeepseekTokenizer(hf, source=path.parent)
+        return cls(hf)
 
 
 def _merge_system(messages: list[dict]) -> list[dict]:
@@ -291,3 +301,104 @@ def load_nanochat_tokenizer(directory: str | Path) -> TiktokenTokenizer:
     enc = tiktoken.Encoding(name=state["name"], pat_str=state["pat_str"], mergeable_ranks=ranks,
                             special_tokens=special)
     return TiktokenTokenizer(enc)
+
+
+# ---------------------------------------------------------------------------------------------
+# DeepSeek-OCR's released tokenizer (docs/FACTS.md "DeepSeek-OCR decoder")
+
+DEEPSEEK_BOS, DEEPSEEK_EOS, DEEPSEEK_PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"
+# Markup the released tokenizer turns into single ids wherever it appears in text (its added tokens): grounding
+# and HTML table cells. Left out: bos/eos/pad and <image> (data must not forge sequence ends or image
+# positions) and the <|User|>/<|Assistant|> role tags of other templates (the plain template has none).
+DEEPSEEK_MARKUP = ("<|ref|>", "<|/ref|>", "<|det|>", "<|/det|>", "<|grounding|>", "<td>", "</td>", "<tr>", "</tr>")
+# nanochat's names for the roles the plain template gives these tokens (what the recipe, the engine and the
+# evaluation ask a tokenizer for): a sequence starts with bos, an answer ends with eos.
+DEEPSEEK_ROLES = {"<|bos|>": DEEPSEEK_BOS, "<|assistant_end|>": DEEPSEEK_EOS, "<|image|>": IMAGE_TAG}
+# The released tokenizer's files, saved back byte for byte (an export loads where the original does).
+DEEPSEEK_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+class DeepseekTokenizer(Tokenizer):
+    """The released DeepSeek-OCR tokenizer.json with the "plain" template (module docstring)."""
+
+    def __init__(self, hf: HFTokenizer, source: str | Path | None = None):
+        # the released files, kept to be written back unchanged (`save`); without a source, tokenizer.json only
+        self.files = {}
+        if source is not None:
+            self.files = {n: (Path(source) / n).read_bytes() for n in DEEPSEEK_FILES if (Path(source) / n).is_file()}
+        self.files.setdefault("tokenizer.json", hf.to_str().encode())
+        super().__init__(None)
+        self.hf = hf
+        hf.encode_special_tokens = True  # nothing matched inside `encode`'s pieces: markup is split out first
+        self.markup = {t: hf.token_to_id(t) for t in DEEPSEEK_MARKUP if hf.token_to_id(t) is not None}
+        self._markup_re = re.compile("(" + "|".join(re.escape(t) for t in self.markup) + ")") if self.markup else None
+        self._check_specials()
+
+    def _check_specials(self):
+        if self.hf is None:  # Tokenizer.__init__'s call, before the backend is set
+            return
+        missing = [t for t in (DEEPSEEK_BOS, DEEPSEEK_EOS, DEEPSEEK_PAD, IMAGE_TAG) if self.hf.token_to_id(t) is None]
+        if missing:
+            raise ValueError(f"not a DeepSeek-OCR tokenizer.json: it lacks {missing}")
+
+    def _special_id(self, token: str) -> int | None:
+        return self.hf.token_to_id(DEEPSEEK_ROLES.get(token, token))
+
+    def encode(self, text: str) -> list[int]:
+        """Ordinary text -> ids (no bos); the markup strings become their single ids, as the released tokenizer
+        makes them (it splits text at its added tokens first, then encodes each piece)."""
+        pieces = self._markup_re.split(text) if self._markup_re else [text]
+        ids = []
+        for piece in pieces:
+            if piece in self.markup:
+                ids.append(self.markup[piece])
+            elif piece:
+                ids += self.hf.encode(piece, add_special_tokens=False).ids
+        return ids
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size()
+
+    @property
+    def pad_id(self) -> int:
+        return self.hf.token_to_id(DEEPSEEK_PAD)
+
+    def render_conversation(self, conv: dict | list) -> tuple[list[int], list[int]]:
+        """The plain template: [bos] + user text + answer + [eos] per turn pair, no role tags (DeepSeek-OCR's
+        fine-tuning format); mask 1 on the answers and their eos (the model must learn to stop)."""
+        messages = _merge_system(check_conversation(conv["messages"] if isinstance(conv, dict) else conv,
+                                                    need_answer=False))
+        ids, mask = [self.bos_id], [0]
+        for msg in messages:  # user, assistant, user, ... (checked above)
+            if msg["role"] == "user":
+                body = self.encode_user(msg["content"])
+                ids, mask = ids + body, mask + [0] * len(body)
+            else:
+                body = self.encode(msg["content"]) + [self.token_id("<|assistant_end|>")]
+                ids, mask = ids + body, mask + [1] * len(body)
+        return ids, mask
+
+    def render_for_completion(self, conv: dict | list) -> list[int]:
+        """[bos] + the user text: the answer follows directly (the released inference prompt, no eos)."""
+        messages = list(conv["messages"] if isinstance(conv, dict) else conv)
+        if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
+            messages = messages[:-1]
+        return self.render_conversation(messages)[0]
+
+    def save(self, directory: str | Path) -> Path:
+        """The released files, unchanged (tokenizer.json, and tokenizer_config.json / special_tokens_map.json
+        when it was loaded with them); returns the tokenizer.json path."""
+        os.makedirs(directory, exist_ok=True)
+        for name, data in self.files.items():
+            (Path(directory) / name).write_bytes(data)
+        return Path(directory) / "tokenizer.json"
+
+
+def load_deepseek_tokenizer(path: str | Path) -> DeepseekTokenizer:
+    """The released tokenizer: a folder holding tokenizer.json (and its config files), or the file itself."""
+    path = Path(path)
+    file = path / "tokenizer.json" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"DeepSeek-OCR tokenizer not found: {file}")
+    return DeepseekTokenizer(HFTokenizer.from_file(str(file)), source=file.parent)

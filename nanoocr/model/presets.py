@@ -4,26 +4,34 @@ Model presets: named VLMConfigs, with overrides.
     build_config("full")                                        SAM-B + CLIP-L + nanochat d20 (~961M)
     build_config("nano", gpt={"vocab_size": 512})               tests and Tier-1 from scratch on CPU
     build_config("nano", image_token_id=7, sam={"depth": 3})    unknown keys are errors naming the key
+    build_config("deepseek_ocr")                                the released DeepSeek-OCR (3.34B, MoE decoder)
+    build_config("deepseek_ocr_tiny")                           its structure at test size (released ids)
 
 Every preset keeps patch 16 and the 4x-per-side compressor, so image-token counts are the same as
 DeepSeek-OCR's (73 / 111 / 273 / 421, Gundam 273 + ...) whatever the widths. `image_token_id`
-defaults to the last id of the vocabulary, where the tokenizer appends `<|image|>`.
+defaults to the last id of the vocabulary, where the tokenizer appends `<|image|>`; the DeepSeek presets
+use the released tokenizer's `<image>` id, 128815 (docs/FACTS.md "DeepSeek-OCR decoder").
 """
 
 import dataclasses
 
 from nanoocr.model.clip import CLIPConfig
-from nanoocr.model.gpt import GPTConfig
 from nanoocr.model.sam import SAMConfig
-from nanoocr.model.vlm import VLMConfig
+from nanoocr.model.vlm import DECODERS, VLMConfig
+
+DEEPSEEK_IMAGE_ID = 128815  # `<image>` in the released tokenizer
+
+# The nano preset's vision parts (tiny widths, the real geometry), shared by nano and deepseek_ocr_tiny.
+NANO_SAM = dict(embed_dim=64, depth=2, num_heads=1, window_size=14, global_attn_indexes=(1,),
+                neck_dim=64, net2_dim=128, out_chans=128)
+NANO_CLIP = dict(dim=128, layers=2, heads=2, mlp_dim=512)
 
 PRESETS = {
     # Tiny widths but the real geometry: patch 16, window 14, a global block, 64x64 pos table, the
     # two stride-2 convs. Base mode (1024 px), batch 10, forward+backward: a few seconds on 2 CPU cores.
     "nano": dict(
-        sam=dict(embed_dim=64, depth=2, num_heads=1, window_size=14, global_attn_indexes=(1,),
-                 neck_dim=64, net2_dim=128, out_chans=128),
-        clip=dict(dim=128, layers=2, heads=2, mlp_dim=512),
+        sam=NANO_SAM,
+        clip=NANO_CLIP,
         gpt=dict(sequence_len=2048, vocab_size=4096, n_layer=4, n_head=4, n_kv_head=4, n_embd=256),
     ),
     # A larger CPU-sized model for MFU / throughput measurements (matmuls big enough to be efficient).
@@ -49,9 +57,19 @@ PRESETS = {
         clip=dict(),  # CLIPConfig defaults are CLIP-L/14
         gpt=dict(sequence_len=2048, vocab_size=65537, n_layer=20, n_head=10, n_kv_head=10, n_embd=1280),
     ),
+    # The released deepseek-ai/DeepSeek-OCR: SAM-B + CLIP-L + its MoE decoder (DeepseekDecoderConfig's defaults
+    # are the released ones: 12 layers, 1280 wide, 64 routed experts top-6 + 2 shared). 3.34B parameters.
+    # With `pretrained.deepseek` the decoder fields come from the checkpoint's config.json (nanoocr.train.build).
+    "deepseek_ocr": dict(decoder="deepseek", image_token_id=DEEPSEEK_IMAGE_ID, sam=dict(), clip=dict(), gpt=dict()),
+    # Its structure at test size: nano's vision, a 3-layer decoder (layer 0 dense, 2 MoE layers of 8 experts,
+    # top-2, 1 shared) over a vocabulary that holds the released special ids (up to 128826).
+    "deepseek_ocr_tiny": dict(
+        decoder="deepseek", image_token_id=DEEPSEEK_IMAGE_ID, sam=NANO_SAM, clip=NANO_CLIP,
+        gpt=dict(vocab_size=128832, n_embd=64, n_layer=3, n_head=4, n_kv_head=4, sequence_len=2048,
+                 intermediate_size=96, moe_intermediate_size=32, n_routed_experts=8, n_shared_experts=1,
+                 num_experts_per_tok=2),
+    ),
 }
-
-_SUB = {"sam": SAMConfig, "clip": CLIPConfig, "gpt": GPTConfig}
 
 
 def build_config(name, **overrides):
@@ -62,8 +80,12 @@ def build_config(name, **overrides):
     for key in overrides:
         if key not in top_fields:
             raise ValueError(f"unknown model config key {key!r}; expected one of {sorted(top_fields)}")
+    preset = PRESETS[name]
+    decoder = overrides.get("decoder") or preset.get("decoder", "gpt")
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; expected one of {sorted(DECODERS)}")
     parts = {}
-    for sub, cls in _SUB.items():
+    for sub, cls in {"sam": SAMConfig, "clip": CLIPConfig, "gpt": DECODERS[decoder][0]}.items():
         extra = overrides.get(sub) or {}
         if dataclasses.is_dataclass(extra):
             extra = dataclasses.asdict(extra)
@@ -71,7 +93,8 @@ def build_config(name, **overrides):
         for key in extra:
             if key not in known:
                 raise ValueError(f"unknown {sub} config key {key!r}; expected one of {sorted(known)}")
-        parts[sub] = cls(**{**PRESETS[name][sub], **extra})
-    rest = {k: v for k, v in overrides.items() if k not in _SUB}
-    rest.setdefault("image_token_id", parts["gpt"].vocab_size - 1)  # the tokenizer's last id
+        parts[sub] = cls(**{**preset[sub], **extra})
+    rest = {k: v for k, v in overrides.items() if k not in parts}
+    rest["decoder"] = decoder
+    rest.setdefault("image_token_id", preset.get("image_token_id", parts["gpt"].vocab_size - 1))  # else the last id
     return VLMConfig(**parts, **rest)

@@ -3,6 +3,7 @@
     load_hf_sam(sam, path)            transformers SamModel (`vision_encoder.*`) or a bare SamVisionEncoder save
     load_hf_clip(clip, path)          transformers CLIPVisionModel / CLIPModel (`vision_model.*`), q/k/v fused
     load_deepseek_vision(vlm, path)   official DeepSeek-OCR checkpoint: SAM, CLIP, projector, newline, separator
+    load_deepseek_ocr(vlm, path)      the whole released DeepSeek-OCR (vision + MoE decoder) into a deepseek preset
 
 Notable features:
 - `path` is a .safetensors file, a torch file (.pt/.pth/.bin, read with weights_only=True), or a
@@ -274,14 +275,9 @@ def _is_deepseek_vision(key: str) -> bool:
     return key.startswith(tuple(DEEPSEEK_PREFIXES)) or key in DEEPSEEK_PARAMS
 
 
-def load_deepseek_vision(model: nn.Module, path: str | Path, strict: bool = True) -> LoadReport:
-    """Load official DeepSeek-OCR vision weights into model.{sam, clip, projector, image_newline, view_separator}.
-
-    Only the vision keys are read; the language-model keys are counted in the notes."""
-    tensors, skipped = read_checkpoint(path, want=_is_deepseek_vision)
-    report = LoadReport(source=str(path))
-    if skipped:
-        report.notes.append(f"{skipped} non-vision keys (language model) not read")
+def _place_deepseek_vision(model: nn.Module, tensors: dict[str, torch.Tensor], report: LoadReport) -> None:
+    """Copy official vision tensors (keys as the released checkpoint) into model.{sam, clip, projector,
+    image_newline, view_separator}; fill the report (our missing names prefixed by the part)."""
     per_part: dict[str, dict[str, tuple[str, torch.Tensor]]] = {a: {} for a in DEEPSEEK_PREFIXES.values()}
     ignored = []
     for key, t in tensors.items():
@@ -303,4 +299,44 @@ def load_deepseek_vision(model: nn.Module, path: str | Path, strict: bool = True
         report.unexpected += sub.unexpected
     params = {attr: getattr(model, attr) for attr in DEEPSEEK_PARAMS.values()}
     _assign(params, {attr: (key, tensors[key]) for key, attr in DEEPSEEK_PARAMS.items() if key in tensors}, report)
+
+
+def load_deepseek_vision(model: nn.Module, path: str | Path, strict: bool = True) -> LoadReport:
+    """Load official DeepSeek-OCR vision weights into model.{sam, clip, projector, image_newline, view_separator}.
+
+    Only the vision keys are read; the language-model keys are counted in the notes."""
+    tensors, skipped = read_checkpoint(path, want=_is_deepseek_vision)
+    report = LoadReport(source=str(path))
+    if skipped:
+        report.notes.append(f"{skipped} non-vision keys (language model) not read")
+    _place_deepseek_vision(model, tensors, report)
     return _finish(report, "load_deepseek_vision", strict)
+
+
+def load_deepseek_ocr(model: nn.Module, path: str | Path, strict: bool = True) -> LoadReport:
+    """The whole released DeepSeek-OCR checkpoint (a folder with model.safetensors[.index.json], or the file) into
+    a NanoOCR whose decoder is DeepSeek's (`decoder: deepseek`): vision parts and decoder, one LoadReport.
+
+    The decoder's keys are the released ones under `gpt.` (`model.layers.N...` -> `gpt.model.layers.N...`);
+    a key that is neither vision nor decoder is unexpected (strict: an error), as is any missing one.
+    A shape mismatch always raises, before anything is copied into that part."""
+    from nanoocr.model.deepseek_decoder import DeepseekDecoder, is_decoder_key
+    if not isinstance(getattr(model, "gpt", None), DeepseekDecoder):
+        raise ValueError(f"load_deepseek_ocr: the model's decoder is {type(getattr(model, 'gpt', None)).__name__}, "
+                         "not DeepSeek-OCR's (use a deepseek_ocr preset, or load_deepseek_vision for the vision parts)")
+    tensors, _ = read_checkpoint(path)
+    report = LoadReport(source=str(path))
+    dtypes = sorted({str(t.dtype).replace("torch.", "") for t in tensors.values()})
+    if dtypes:
+        report.notes.append(f"checkpoint dtype {'/'.join(dtypes)} -> model dtype "
+                            f"{str(model.gpt.lm_head.weight.dtype).replace('torch.', '')}")
+    vision = {k: t for k, t in tensors.items() if _is_deepseek_vision(k)}
+    decoder = {k: (k, t) for k, t in tensors.items() if is_decoder_key(k)}
+    report.unexpected += sorted(k for k in tensors if k not in vision and k not in decoder)
+    _place_deepseek_vision(model, vision, report)
+    sub = LoadReport(source=report.source)
+    _assign(dict(model.gpt.state_dict(keep_vars=True)), decoder, sub)  # our decoder names ARE the released keys
+    report.loaded += sub.loaded
+    report.missing += [f"gpt.{k}" for k in sub.missing]
+    report.unexpected += sub.unexpected
+    return _finish(report, "load_deepseek_ocr", strict)

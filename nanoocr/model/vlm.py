@@ -1,6 +1,8 @@
 """
 NanoOCR: DeepSeek-OCR's DeepEncoder (SAM-ViT-B -> 16x conv compressor -> CLIP-L/14 -> projector) in
-front of nanochat's GPT. Shapes at full size, base mode (1024 px), one image:
+front of a decoder: nanochat's GPT (`decoder: gpt`), or DeepSeek-OCR's own MoE decoder (`decoder: deepseek`,
+nanoocr/model/deepseek_decoder.py, the released model's language part). Either is `self.gpt`, with the same
+embed -> trunk interface. Shapes at full size, base mode (1024 px), one image:
 
     pixels (N, 3, 1024, 1024) in [-1, 1]
       -> sam (ViT-B, window 14, 4 global blocks; neck; net_2, net_3)   sam_out  (N, 1024, 16, 16)
@@ -12,7 +14,7 @@ front of nanochat's GPT. Shapes at full size, base mode (1024 px), one image:
              crops (h*w, 10, 10, 1280) stitched into one (10h) x (10w) grid, a newline after every row)
       -> vision (sum_i tokens_i, 1280)
     ids (B, T) -> gpt.embed -> (B, T, 1280) -> merge: positions with ids == image_token_id take the
-      vision vectors in row-major (b, t) order -> gpt.trunk -> loss | logits (B, T, 65537)
+      vision vectors in row-major (b, t) order -> gpt.trunk -> loss | logits (B, T, 65537; DeepSeek 129280)
 
 Notable features:
 - the GPT forward is never copied: embed -> merge -> trunk (nanoocr/model/gpt.py)
@@ -23,7 +25,8 @@ Notable features:
 
 Sharding (FSDP) and meta-device init, the hooks Composer 0.32.1 reads from the module it wraps
 (composer/distributed/dist_strategy.py, `prepare_fsdp_module`):
-- `fsdp_wrap_fn(module)`: the FSDP units are each SAM block, each CLIP layer and each GPT Block (WRAP_UNITS);
+- `fsdp_wrap_fn(module)`: the FSDP units are each SAM block, each CLIP layer and each GPT Block or DeepSeek
+  DecoderLayer (WRAP_UNITS);
   the rest (patch embed, neck, compressor, CLIP embeddings, projector, wte, lm_head) is the root unit
 - `activation_checkpointing_fn(module)`: the same units; used by Composer's FSDP (fsdp_config
   `activation_checkpointing: true`) and by `set_activation_checkpointing` here, both through torch's
@@ -52,6 +55,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
 from nanoocr.model.precision import autocast
 from nanoocr.model.tokens import layout_tokens
 from nanoocr.model.clip import CLIPConfig, CLIPEmbeddings, CLIPEncoder, CLIPLayer
+from nanoocr.model.deepseek_decoder import DecoderLayer, DeepseekDecoder, DeepseekDecoderConfig
 from nanoocr.model.gpt import GPT, GPTConfig, log_once, use_triton
 from nanoocr.model.gpt import Block as GPTBlock
 from nanoocr.model.sam import Attention as SAMAttention
@@ -59,19 +63,35 @@ from nanoocr.model.sam import Block as SAMBlock
 from nanoocr.model.sam import LayerNorm2d, SAMConfig, SAMEncoder
 
 COMPRESSION = 4  # net_2 and net_3 (stride 2 each) shrink SAM's patch grid 4x per side: 16x fewer tokens
+# The language model choices: config dataclass and module of `VLMConfig.gpt` / `NanoOCR.gpt` per `decoder`.
+DECODERS = {"gpt": (GPTConfig, GPT), "deepseek": (DeepseekDecoderConfig, DeepseekDecoder)}
 
 
 @dataclass
 class VLMConfig:
     sam: SAMConfig = field(default_factory=SAMConfig)
     clip: CLIPConfig = field(default_factory=CLIPConfig)
-    gpt: GPTConfig = field(default_factory=GPTConfig)
-    image_token_id: int = 65536  # <|image|>, appended after nanochat's 65536 tokens
-    activation_checkpointing: bool = False  # recompute SAM/CLIP/GPT blocks in backward
+    gpt: GPTConfig | DeepseekDecoderConfig = field(default_factory=GPTConfig)  # the decoder's config (`decoder`)
+    image_token_id: int = 65536  # <|image|>, appended after nanochat's 65536 tokens (DeepSeek-OCR: 128815)
+    activation_checkpointing: bool = False  # recompute SAM/CLIP/decoder blocks in backward
+    decoder: str = "gpt"  # "gpt": nanochat's GPT; "deepseek": DeepSeek-OCR's MoE decoder (DECODERS)
+    # LoRA adapters, apply_lora's arguments ({r, alpha, dropout, targets, modules, also_train, freeze_base};
+    # nanoocr/model/lora.py). A training choice: NanoOCR(config) builds the plain model, the recipe adds the
+    # adapters after the pretrained weights are in (nanoocr.train.build), and an export merges them (None there).
+    lora: dict | None = None
 
     def __post_init__(self):
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {sorted(DECODERS)}, got {self.decoder!r}")
+        if self.lora is not None:
+            import inspect
+
+            from nanoocr.model.lora import apply_lora
+            known = set(inspect.signature(apply_lora).parameters) - {"model"}
+            if not isinstance(self.lora, dict) or "r" not in self.lora or set(self.lora) - known:
+                raise ValueError(f"lora must be a mapping with 'r' and keys among {sorted(known)}, got {self.lora!r}")
         # YAML gives plain dicts: build the sub-configs (an unknown key fails in the dataclass, naming it)
-        for name, cls in (("sam", SAMConfig), ("clip", CLIPConfig), ("gpt", GPTConfig)):
+        for name, cls in (("sam", SAMConfig), ("clip", CLIPConfig), ("gpt", DECODERS[self.decoder][0])):
             value = getattr(self, name)
             if isinstance(value, dict):
                 setattr(self, name, cls(**value))
@@ -110,8 +130,8 @@ def param_part(name: str) -> str:
     raise KeyError(f"parameter {name!r} belongs to none of the parts {list(PARTS)}")
 
 
-# The FSDP units and the activation-checkpointing units: one SAM block, one CLIP layer, one GPT block.
-WRAP_UNITS = (SAMBlock, CLIPLayer, GPTBlock)
+# The FSDP units and the activation-checkpointing units: one SAM block, one CLIP layer, one decoder block.
+WRAP_UNITS = (SAMBlock, CLIPLayer, GPTBlock, DecoderLayer)
 
 
 class NanoOCR(nn.Module):
@@ -128,14 +148,15 @@ class NanoOCR(nn.Module):
         self.projector = nn.Linear(config.clip.dim + config.sam.out_chans, n_embd, bias=True)
         self.image_newline = nn.Parameter(torch.empty(n_embd))
         self.view_separator = nn.Parameter(torch.empty(n_embd))  # official weights: "view_seperator"
-        self.gpt = GPT(config.gpt)
+        self.gpt = DECODERS[config.decoder][1](config.gpt)  # the language model, whichever decoder
         self.init_weights()
         if config.activation_checkpointing:
             self.set_activation_checkpointing(True)
 
     @torch.no_grad()
     def init_weights(self):
-        """From scratch: SAM/CLIP init themselves; projector keeps torch's Linear init; GPT: nanochat's."""
+        """From scratch: SAM/CLIP init themselves; projector keeps torch's Linear init; GPT: nanochat's;
+        DeepSeek decoder: DeepSeek-V2's (DeepseekDecoder.init_module)."""
         n_embd = self.config.gpt.n_embd
         self.image_newline.copy_(torch.randn(n_embd) / math.sqrt(n_embd))
         self.view_separator.copy_(torch.randn(n_embd) / math.sqrt(n_embd))
@@ -187,6 +208,8 @@ class NanoOCR(nn.Module):
 
     def _gpt_init_roles(self) -> dict:
         # id(module) -> how GPT.init_weights initializes it (nanochat's d20 table in nanoocr/model/gpt.py)
+        if isinstance(self.gpt, DeepseekDecoder):  # its own per-module rules (DeepseekDecoder.init_module)
+            return {id(m): "deepseek" for m in self.gpt.modules()}
         layout = getattr(self.config.gpt, "layout", "d20")
         if layout != "d20":
             raise NotImplementedError(f"param_init_fn (meta-device init) knows GPT layout 'd20' only, not {layout!r}: "
@@ -203,7 +226,11 @@ class NanoOCR(nn.Module):
         (`to_empty`), with the distributions of a normal build. FSDP (through Composer) calls it for every
         module of a meta-device model; `materialize` calls it without FSDP."""
         role = self._gpt_init_roles().get(id(module))
-        if role == "rotary":
+        if hasattr(module, "reset_lora_parameters"):  # a LoRA adapter (nanoocr/model/lora.py): B = 0, A kaiming
+            module.reset_lora_parameters()
+        if role == "deepseek":
+            self.gpt.init_module(module)
+        elif role == "rotary":
             module.init_rotary(device=module.cos.device)  # non-persistent buffers: recomputed, never loaded
         elif role == "embedding":
             nn.init.normal_(module.weight, mean=0.0, std=1.0)

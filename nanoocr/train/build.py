@@ -63,12 +63,17 @@ def _stream_source(stream: dict) -> dict:
 
 
 def build_tokenizer(tcfg: dict, run_folder: str, train_streams: list[dict]):
-    """A given tokenizer, or a small BPE trained on the texts of `train_streams` (stream configs)."""
-    from nanoocr.data.tokenizer import Tokenizer, load_nanochat_tokenizer
+    """A given tokenizer (`kind`: nanoocr's tokenizer.json, nanochat's tokenizer.pkl, or the released DeepSeek-OCR
+    tokenizer.json folder), or a small BPE trained on the texts of `train_streams` (stream configs)."""
+    from nanoocr.data.tokenizer import Tokenizer, load_deepseek_tokenizer, load_nanochat_tokenizer
+    kind = tcfg.get("kind", "nanoocr")
+    loaders = {"nanoocr": Tokenizer.from_file, "nanochat": load_nanochat_tokenizer, "deepseek": load_deepseek_tokenizer}
+    if kind not in loaders:
+        raise ConfigError(f"tokenizer.kind must be one of {sorted(loaders)}, got {kind!r}")
     if tcfg.get("path"):
-        if tcfg.get("kind", "nanoocr") == "nanochat":
-            return load_nanochat_tokenizer(tcfg["path"])
-        return Tokenizer.from_file(tcfg["path"])
+        return loaders[kind](tcfg["path"])
+    if kind != "nanoocr":
+        raise ConfigError(f"tokenizer.kind {kind!r} needs tokenizer.path (only nanoocr's BPE is trained here)")
     # No tokenizer given: train a small BPE on the training texts (Tier-1 trains everything from scratch).
     out = Path(run_folder) / "tokenizer"
     if not (out / "tokenizer.json").exists() and is_rank0():
@@ -81,13 +86,44 @@ def build_tokenizer(tcfg: dict, run_folder: str, train_streams: list[dict]):
     return Tokenizer.from_file(out)
 
 
+def deepseek_decoder_fields(path) -> dict:
+    """The decoder fields (DeepseekDecoderConfig's) of a released-layout DeepSeek-OCR checkpoint: its config.json
+    (next to the weights: `path` is the folder or a file in it), decoder section checked as the loader does."""
+    import dataclasses
+    import json
+
+    from nanoocr.model.deepseek_decoder import config_from_hf
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    cfg_file = folder / "config.json"
+    if not cfg_file.is_file():
+        raise ConfigError(f"model.pretrained.deepseek: no config.json in {folder} (the released layout has one)")
+    try:
+        config = config_from_hf(json.loads(cfg_file.read_text()))
+    except (ValueError, TypeError, AssertionError) as e:  # json.JSONDecodeError is a ValueError
+        raise ConfigError(f"{cfg_file}: {e}") from None
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+            if f.name not in ("attn_impl", "embed_impl")}
+
+
 def build_model(mcfg: dict, tokenizer):
-    """Preset + per-part overrides; vocabulary and image id from the tokenizer; pretrained weights."""
+    """Preset + per-part overrides; vocabulary and image id from the tokenizer; pretrained weights; LoRA adapters."""
     from nanoocr.model import presets
     from nanoocr.model.vlm import NanoOCR
     gpt = dict(mcfg.get("gpt") or {})
     pre = mcfg.get("pretrained") or {}
-    gpt.setdefault("vocab_size", tokenizer.vocab_size)  # a nanochat checkpoint is extended to this size
+    preset = mcfg.get("preset", "nano")
+    decoder = (mcfg.get("vlm") or {}).get("decoder") or presets.PRESETS.get(preset, {}).get("decoder", "gpt")
+    if decoder == "deepseek":
+        # DeepSeek-OCR: the decoder's architecture (vocabulary included: the released embedding has 129280 rows,
+        # more than the tokenizer's ids) comes from the checkpoint's config.json under any field the YAML sets,
+        # and is written back into the config so the saved config.yaml rebuilds it (export) without the checkpoint.
+        if pre.get("deepseek"):
+            derived = deepseek_decoder_fields(pre["deepseek"])
+            for key, value in derived.items():
+                gpt.setdefault(key, value)
+            mcfg["gpt"] = {**(mcfg.get("gpt") or {}), **{k: gpt[k] for k in derived}}
+    else:
+        gpt.setdefault("vocab_size", tokenizer.vocab_size)  # a nanochat checkpoint is extended to this size
     # The GPT's architecture comes from the nanochat checkpoint (its meta and tensor names: d20-era or today's
     # layout), under any field the YAML sets: `pretrained.nanochat` (stage 1, weights too) or `gpt_config_from`
     # (stage 2: the same architecture, weights from stage 1's checkpoint). The fields are written back into
@@ -100,10 +136,14 @@ def build_model(mcfg: dict, tokenizer):
             gpt.setdefault(key, value)
         mcfg["gpt"] = {**(mcfg.get("gpt") or {}), **{k: gpt[k] for k in derived}}
         mcfg["gpt_config_from"] = None
-    cfg = presets.build_config(mcfg.get("preset", "nano"), sam=mcfg.get("sam") or {}, clip=mcfg.get("clip") or {},
+    cfg = presets.build_config(preset, sam=mcfg.get("sam") or {}, clip=mcfg.get("clip") or {},
                                gpt=gpt, image_token_id=tokenizer.image_id, **(mcfg.get("vlm") or {}))
     if mcfg.get("activation_checkpointing"):
         cfg.activation_checkpointing = True
+    top = max(tokenizer.bos_id, tokenizer.pad_id, tokenizer.image_id, tokenizer.token_id("<|assistant_end|>"))
+    if top >= cfg.gpt.vocab_size:
+        raise ConfigError(f"the tokenizer's special id {top} is outside the model's vocabulary "
+                          f"(model.gpt.vocab_size {cfg.gpt.vocab_size}): a tokenizer of another model?")
     model = NanoOCR(cfg)
     if pre.get("nanochat"):
         from nanoocr.model.nanochat import load_nanochat_into
@@ -114,7 +154,16 @@ def build_model(mcfg: dict, tokenizer):
     if pre.get("hf_clip"):
         pretrained.load_hf_clip(model.clip, pre["hf_clip"])
     if pre.get("deepseek"):
-        pretrained.load_deepseek_vision(model, pre["deepseek"])
+        # the whole released model into a DeepSeek decoder; into nanochat's GPT, its vision parts only
+        load = pretrained.load_deepseek_ocr if decoder == "deepseek" else pretrained.load_deepseek_vision
+        load(model, pre["deepseek"])
+    if cfg.lora:
+        # after the weights: the adapters start at B = 0 (the loaded model exactly), and the base is frozen
+        from nanoocr.model.lora import apply_lora
+        try:
+            print(f"[nanoocr] {apply_lora(model, **cfg.lora)}", flush=True)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"model.vlm.lora: {e}") from None
     return model
 
 

@@ -4,6 +4,11 @@ The model itself (nanoocr.model.vlm) runs without Composer; this file only adapt
 - `forward(batch)` in training returns the loss itself (next-token cross-entropy, ignore index -1, through
   the model's chunked loss: no (B, T, V) logits); `loss(outputs, batch)` passes it on. In eval,
   `eval_forward` returns the logits (B, T, V) the metrics read.
+- DeepSeek-OCR's MoE decoder adds its load-balancing loss (`decoder.aux_loss`, the sum over MoE layers of
+  aux_loss_alpha * sum_e f_e P_e, nanoocr/model/deepseek_decoder.py) to the training loss, as the released
+  model was trained: `loss/train/total` is then cross-entropy + that term (about aux_loss_alpha per MoE layer
+  when the experts are balanced: 0.011 for the released 11 layers at alpha 0.001; `model.gpt.aux_loss_alpha: 0`
+  turns it off).
 - metrics: LanguageCrossEntropy and token accuracy (MaskedAccuracy), both ignoring -1, in eval only. No train
   metrics: Composer computes them from `eval_forward(batch, outputs)` after every microbatch's backward, and
   since training's forward returns only the loss (no logits to reuse), that is a second, full forward of the
@@ -35,8 +40,13 @@ class ComposerNanoOCR(ComposerModel):
         return self.model(batch["ids"], targets, batch.get("images"), batch.get("crops"), batch.get("tiles"))
 
     def forward(self, batch: dict) -> torch.Tensor:
-        """Training: the loss (a scalar). Not training (or no targets): logits (B, T, V)."""
-        return self._run(batch, batch["targets"] if self.training and "targets" in batch else None)
+        """Training: the loss (a scalar, with the MoE balancing loss when the decoder has one). Not training (or
+        no targets): logits (B, T, V)."""
+        out = self._run(batch, batch["targets"] if self.training and "targets" in batch else None)
+        aux = getattr(self.model.gpt, "aux_loss", None)  # set by this forward (DeepseekDecoder, training) or None
+        if out.ndim == 0 and aux is not None:
+            out = out + aux.to(out.dtype)
+        return out
 
     def loss(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
         if outputs.ndim == 0:  # forward computed it (training)

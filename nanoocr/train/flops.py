@@ -26,6 +26,11 @@ input-gradient of the linears below the lowest trainable parameter. Linear weigh
 (embeddings are lookups, the 2026 lambdas scalars; the 2026 lm_head's <= 63 padding rows included). Attention: a
 query at position i sees min(i, w) + 1 keys, w = its layer's window (nanoocr.model.gpt.window_sizes, None =
 unlimited: causal i + 1), summed exactly over the batch's T positions of every row (padding included: it runs).
+
+DeepSeek-OCR's MoE decoder: the same count, each routed expert's linears weighted by the share of tokens it
+runs on, num_experts_per_tok / n_routed_experts (exact over a batch: every token runs exactly k experts, all of
+one size), plus the router (a (E, C) matmul per token). LoRA adapters' own matmuls (2 r (in + out) per token and
+wrapped linear, ~2.5% of a layer at r 16) are not counted: the twin is built without them.
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from nanoocr.model.deepseek_decoder import MoE
 from nanoocr.model.distributed import clean_name, unwrap
 from nanoocr.model.gpt import window_sizes
 from nanoocr.model.vlm import NanoOCR
@@ -58,11 +64,18 @@ def gpt_flops(gpt: nn.Module, B: int, T: int, through: bool) -> int:
     through: a gradient flows below the lm_head (input-gradients of every linear, attention backward); else the
     trunk runs forward only."""
     cfg = gpt.config
-    linear = sum(m.weight.numel() * (2 + 2 * m.weight.requires_grad + 2 * through)  # fwd, weight-grad, input-grad
-                 for m in gpt.modules() if isinstance(m, nn.Linear))
-    pairs = sum(attention_pairs(T, w) for w in window_sizes(cfg))  # over layers, per row
+    share = {}  # id(weight) -> the share of tokens a matmul runs on (1 unless a routed expert's)
+    weights = [m.weight for m in gpt.modules() if isinstance(m, nn.Linear)]
+    for moe in (m for m in gpt.modules() if isinstance(m, MoE)):
+        weights.append(moe.gate.weight)  # the router: F.linear over every token
+        for p in moe.experts.parameters():
+            share[id(p)] = cfg.num_experts_per_tok / cfg.n_routed_experts
+    linear = sum(w.numel() * share.get(id(w), 1.0) * (2 + 2 * w.requires_grad + 2 * through)  # fwd, w-grad, in-grad
+                 for w in weights)
+    windows = window_sizes(cfg) if hasattr(cfg, "layout") else [None] * cfg.n_layer  # the MoE decoder: causal
+    pairs = sum(attention_pairs(T, w) for w in windows)  # over layers, per row
     attn = 4 * cfg.n_head * (cfg.n_embd // cfg.n_head) * pairs * (3 if through else 1)  # backward = 2x forward
-    return B * (T * linear + attn)
+    return int(B * (T * linear + attn))
 
 
 def _trainable(model: nn.Module) -> dict[str, bool]:
@@ -102,9 +115,11 @@ def batch_flops(model: nn.Module, batch: dict) -> float:
         with torch.device("meta"):
             _CACHE[net] = {"twin": NanoOCR(cfg), "vision": {}}
     twin, cache = _CACHE[net]["twin"], _CACHE[net]["vision"]
-    _mirrored(twin, _trainable(net))
+    live = _trainable(net)
+    _mirrored(twin, live)
     B, T = batch["ids"].shape
-    through = any(p.requires_grad for p in twin.parameters() if p is not twin.gpt.lm_head.weight)
+    # from the live model: its LoRA adapters (not in the twin) also carry the gradient through the trunk
+    through = any(trains for name, trains in live.items() if name != "gpt.lm_head.weight")
     total = gpt_flops(twin.gpt, B, T, through)
 
     signature = frozenset(n for n, p in twin.named_parameters() if p.requires_grad and not n.startswith("gpt."))
