@@ -80,7 +80,8 @@ class LoRALinear(nn.Linear):
         return base + self.scale * F.linear(F.linear(h, self.lora_A), self.lora_B)
 
     def merged(self) -> nn.Linear:
-        """A plain nn.Linear holding W + scale * B @ A (computed in fp32, stored in W's dtype), the same bias."""
+        """A plain nn.Linear holding W + scale * B @ A (computed in fp32, stored in W's dtype), the same bias.
+        The weight is updated in place (no second copy of a large layer): this LoRALinear is spent after it."""
         lin = torch.nn.utils.skip_init(nn.Linear, self.in_features, self.out_features, bias=self.bias is not None,
                                        device=self.weight.device, dtype=self.weight.dtype)
         with torch.no_grad():
