@@ -200,16 +200,22 @@ def test_vlm_adapters_resolve_to_their_part_and_also_train():
     assert list(model.state_dict()) == keys
 
 
-def test_adapters_start_right_on_a_meta_device_build_outside_the_gpt():
-    """A Linear that NanoOCR.param_init_fn initializes with reset_parameters (projector, CLIP) initializes its
-    adapters there too."""
+@pytest.mark.parametrize("preset", ["nano", "deepseek_ocr_tiny"])
+def test_adapters_start_right_on_a_meta_device_build(preset):
+    """A model built on the meta device, adapted, then materialized (what FSDP's param_init_fn does per module):
+    every adapter starts B = 0, A within kaiming's bound, in the GPT / decoder, the projector and CLIP alike."""
     with torch.device("meta"):
-        model = NanoOCR(build_config("nano"))
-    apply_lora(model, r=2, alpha=2, targets=("projector", "fc1"), modules=("projector", "clip"))
+        model = NanoOCR(build_config(preset))
+    apply_lora(model, r=2, alpha=2, targets=None, modules=("gpt",))
     model.materialize("cpu")
-    for lin in (model.projector, model.clip.transformer.layers[0].mlp.fc1):
-        assert isinstance(lin, LoRALinear) and not lin.weight.is_meta
-        assert torch.equal(lin.lora_B, torch.zeros_like(lin.lora_B))
+    with torch.device("meta"):
+        vision = NanoOCR(build_config(preset))
+    apply_lora(vision, r=2, alpha=2, targets=("projector", "fc1"), modules=("projector", "clip"))
+    vision.materialize("cpu")
+    lins = [m for m in (*model.modules(), *vision.modules()) if isinstance(m, LoRALinear)]
+    assert len(lins) > 10 and vision.projector in lins and vision.clip.transformer.layers[0].mlp.fc1 in lins
+    for lin in lins:
+        assert not lin.weight.is_meta and torch.equal(lin.lora_B, torch.zeros_like(lin.lora_B))
         assert 0 < lin.lora_A.abs().max() <= 1 / math.sqrt(lin.in_features)
 
 
