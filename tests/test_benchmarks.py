@@ -300,6 +300,19 @@ def test_olmocr_tests_by_hand():
     assert run_test({"type": "baseline", "check_disallowed_characters": False}, "Tokyo 東京")[0] is True
 
 
+def test_olmocr_fragment_output_scores_as_olmocrs_code_does():
+    # docs/FACTS.md "Benchmark formats": olmOCR's present/absent test has no length check, and partial_ratio aligns
+    # the shorter string inside the longer: the output "The quick" is an exact piece of "The quick brown fox", ratio
+    # 100 >= threshold 1 - 0/19, so present PASSES and absent FAILS on it (olmocr.bench.tests at f7cfe4c agrees)
+    fragment = "The quick"
+    assert run_test({"type": "present", "text": "The quick brown fox"}, fragment) == (True, "")
+    assert run_test({"type": "absent", "text": "The quick brown fox"}, fragment)[0] is False
+    # a fragment that is NOT a piece of the text is still scored by its best alignment: "quick brawn" vs the
+    # window "quick brown" is 1 substitution = Indel 2 of 22, ratio 0.909 < 1 - 1/19 = 0.947: fails with max_diffs 1
+    assert run_test({"type": "present", "text": "The quick brown fox", "max_diffs": 1}, "quick brawn")[0] is False
+    assert run_test({"type": "present", "text": "The quick brown fox", "max_diffs": 2}, "quick brawn")[0] is True
+
+
 def test_near_match_starts_against_brute_force():
     assert near_match_starts("aa", "aaa", 0) == [0, 1]  # overlapping exact matches, as str.find in a loop
     rng = random.Random(1)

@@ -8,9 +8,11 @@ Test types run here, with the semantics of olmOCR's `bench/tests.py` (our code):
 - text normalization (`normalize_text`): <br> to a space, markdown/HTML bold and italics unwrapped, whitespace
   runs to one space, Unicode NFC, fancy quotes/dashes to ASCII, micro sign to Greek mu;
 - present / absent (`text`, `case_sensitive` = true, `first_n` / `last_n`, `max_diffs`): the output is cut to
-  its first_n / last_n characters; shorter than len(text) - max_diffs: present fails, absent passes; else the
-  best rapidfuzz `fuzz.partial_ratio(text, output) / 100` against threshold 1 - max_diffs / len(text):
-  present passes at >= threshold, absent below it (olmOCR itself calls rapidfuzz here);
+  its first_n / last_n characters, then the best rapidfuzz `fuzz.partial_ratio(text, output) / 100` against
+  threshold 1 - max_diffs / len(text): present passes at >= threshold, absent below it (olmOCR itself calls
+  rapidfuzz here). There is no length check, as in olmOCR's code: partial_ratio aligns the SHORTER string
+  inside the longer, so an output that is a fragment of the text ("The quick" for "The quick brown fox")
+  passes a present test and fails an absent one; an empty output scores 0;
 - order (`before`, `after`, `max_diffs`; a max_diffs over half either text is invalid): both texts must occur
   with at most max_diffs Levenshtein edits, some `before` match starting before some `after` match. olmOCR
   uses fuzzysearch.find_near_matches(max_l_dist=max_diffs); `near_match_starts` is our exhaustive search of
@@ -130,8 +132,6 @@ def run_test(test: dict, md: str) -> tuple[bool | None, str]:
             content = content[:first_n]
         elif last_n:
             content = content[-last_n:]
-        if len(content) < len(query) - max_diffs:  # partial_ratio is symmetric: a too-short output would "match"
-            return (kind == "absent"), f"output of {len(content)} characters is shorter than the text"
         threshold = 1.0 - max_diffs / (len(query) or 1)
         ratio = fuzz.partial_ratio(query, content) / 100.0
         found = ratio >= threshold
