@@ -372,3 +372,21 @@ def test_activation_checkpointing_and_bf16():
         got = decoder.to(torch.bfloat16)(ids)
     assert got.dtype == torch.float32 and torch.isfinite(got).all()
     assert (got - want).abs().max() < 0.25 * want.std()  # bf16 rounding, not a different model
+
+
+def test_routing_stays_fp32_under_autocast():
+    """Under bf16 autocast (Composer's amp_bf16, nanoocr's CPU bf16) the router still scores in fp32, as
+    released, and the training forward with its balancing loss runs (a bf16 score tensor broke it)."""
+    decoder = tiny_decoder().train()
+    ids = torch.randint(0, 256, (2, 10), generator=torch.Generator().manual_seed(8))
+    moe = decoder.model.layers[1].mlp
+    seen = {}
+    moe.gate.register_forward_hook(lambda mod, args, out: seen.update(x=args[0], weight=out[1]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = decoder(ids, ids)
+    aux = decoder.aux_loss
+    assert aux.dtype == torch.float32 and torch.isfinite(aux) and torch.isfinite(loss)
+    assert seen["weight"].dtype == torch.float32
+    want = torch.softmax(seen["x"].float() @ moe.gate.weight.float().T, dim=-1).topk(2).values
+    torch.testing.assert_close(seen["weight"].sort(dim=-1).values, want.sort(dim=-1).values, rtol=1e-6, atol=1e-7)
+    (loss + aux).backward()

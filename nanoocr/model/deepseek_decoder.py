@@ -241,7 +241,9 @@ class MoEGate(nn.Module):
     def forward(self, x, batch_size):
         """x (N, C) with N = batch_size * T -> top-k expert ids (N, k), their weights (N, k) fp32, aux loss | None."""
         cfg = self.config
-        scores = F.linear(x.float(), self.weight.float()).softmax(dim=-1)  # routing in fp32, as released
+        # routing in fp32, as released; autocast (Composer's amp_bf16, CPU bf16) would run the matmul in bf16
+        with torch.autocast(x.device.type, enabled=False):
+            scores = F.linear(x.float(), self.weight.float()).softmax(dim=-1)
         weight, idx = torch.topk(scores, k=cfg.num_experts_per_tok, dim=-1, sorted=False)  # greedy
         if cfg.num_experts_per_tok > 1 and cfg.norm_topk_prob:
             weight = weight / (weight.sum(dim=-1, keepdim=True) + 1e-20)
