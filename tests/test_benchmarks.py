@@ -214,6 +214,24 @@ def test_omnidocbench_scores_by_hand(omni_dir):
     assert summ["latex_to_unicode"].startswith("table (pylatexenc not installed")
 
 
+def test_omnidocbench_text_edit_ignores_paragraph_order_and_repeated_blocks_find_their_own_place():
+    # docs/FACTS.md "Benchmark formats": OmniDocBench pairs prediction paragraphs with GT blocks whatever their
+    # order (quick_match), so its text edit
+    # of a page whose paragraphs come in the wrong order is 0, and only reading_order_edit charges it: normalized
+    # GT "Alphabetagamma" (order 1) and "Deltaepsilon" (order 2); the prediction lists 2 then 1, so the predicted
+    # order is [2, 1] against [1, 2]: Levenshtein 2 (two substitutions) / 2 = 1.0
+    page = {"layout_dets": [_det("text_block", 1, "Alpha beta gamma", 1), _det("text_block", 2, "Delta epsilon", 2)]}
+    row = omnidocbench.score("Delta epsilon\n\nAlpha beta gamma", {"page": page})
+    assert row["text_edit"] == 0.0 and row["reading_order_edit"] == 1.0
+    # a block repeated on the page ("make install" at orders 1 and 3) takes the next occurrence, not the first one
+    # twice: the prediction in the page's own order scores [1, 2, 3] vs [1, 2, 3], 0 (placing both at the first
+    # "makeinstall" would give [1, 3, 2]: 2 edits / 3)
+    page = {"layout_dets": [_det("text_block", 1, "make install", 1), _det("text_block", 2, "Then rebuild it.", 2),
+                            _det("text_block", 3, "make install", 3)]}
+    row = omnidocbench.score("make install\n\nThen rebuild it.\n\nmake install", {"page": page})
+    assert row["text_edit"] == 0.0 and row["reading_order_edit"] == 0.0
+
+
 def test_omnidocbench_predictions_are_named_by_image_stem(omni_dir, tmp_path):
     recs = omnidocbench.read(omni_dir)
     paths = omnidocbench.write_predictions(tmp_path / "pred", recs, ["a", "b", "c"])
