@@ -119,7 +119,8 @@ def test_parse_and_text_checks():
              '<word>\ufb01sh</word></line></block></flow></page></doc></body></html>')
     (page,) = lines.parse_bbox_layout(xhtml)
     assert (page["width"], page["height"]) == (100.0, 50.0)
-    assert page["lines"] == [{"box": (1.0, 2.0, 90.0, 12.0), "text": "Tom & fish"}]
+    assert page["lines"] == [{"box": (1.0, 2.0, 90.0, 12.0), "text": "Tom & fish",
+                              "words": [("Tom", None), ("&", None), ("fish", None)]}]  # words without boxes
     ok = (10.0, 10.0, 200.0, 22.0)
     assert lines.text_reason("a good line", ok, (612, 792), 150, 8) is None
     assert lines.text_reason("short", ok, (612, 792), 150, 8).startswith("too short")
@@ -128,3 +129,38 @@ def test_parse_and_text_checks():
     assert lines.text_reason("a good line", (10, 10, 10.5, 22), (612, 792), 150, 8).startswith("empty box")
     assert lines.text_reason("a good line", (10, 10, 700, 22), (612, 792), 150, 8) is None  # overhangs: clipped
     assert lines.text_reason("a good line", (10, 10, 22, 300), (612, 792), 150, 8).startswith("vertical text")
+
+
+def test_max_words_cuts_lines_into_word_segments(pdf_dir, tmp_path):
+    """--max-words 3: each kept line becomes its consecutive 3-word groups, cropped to those words (narrower than
+    the line), every segment accounted for; min-chars and duplicates then apply per segment."""
+    out = tmp_path / "seg"
+    assert lines.main(["--pdf", str(pdf_dir / "a_known.pdf"), "--out", str(out), "--max-words", "3"]) == 0
+    recs = read_set(out)
+    texts = [r["messages"][1]["content"] for r in recs]
+    # PAGE1[0] "The quick brown fox jumps over the lazy dog" -> 3 segments; PAGE1[1] (6 words) -> 2;
+    # PAGE1[3] "Reading order matters for OCR 2024" -> 2 ("for OCR 2024" has 12 chars); PAGE2[0] -> 3 segments,
+    # the last "PDFs" (4 chars < 8) too short; PAGE2[1] is PAGE1[0] again: 3 duplicates.
+    assert texts == ["The quick brown", "fox jumps over", "the lazy dog", "Portable documents carry",
+                     "a text layer", "Reading order matters", "for OCR 2024", "Held out lines", "come from real"]
+    assert [r["id"] for r in recs][:3] == ["a_known.pdf#p1:l1s1", "a_known.pdf#p1:l1s2", "a_known.pdf#p1:l1s3"]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["read"] == s["written"] + s["rejected"] and s["written"] == 9
+    assert s["by_reason"]["duplicate text"] == 3
+    whole = {r["messages"][1]["content"]: r for r in read_set(_built(pdf_dir, tmp_path))}
+    first = Image.open(io.BytesIO(recs[0]["image"]))
+    assert first.width < 0.5 * Image.open(io.BytesIO(whole[PAGE1[0]]["image"])).width
+    if shutil.which("tesseract"):  # an independent reader finds each segment's text in its crop
+        from nanoocr.eval.metrics import cer
+        from nanoocr.eval.tesseract import ocr
+        for r in recs:
+            assert cer(ocr(r["image"], psm=7), r["messages"][1]["content"]) < 0.15, r["id"]
+    with pytest.raises(SystemExit) as e:
+        lines.main(["--pdf", str(pdf_dir), "--out", str(tmp_path / "bad"), "--max-words", "0"])
+    assert e.value.code == 2
+
+
+def _built(pdf_dir, tmp_path):
+    out = tmp_path / "whole"
+    lines.build(pdf_dir / "a_known.pdf", str(out), verbose=False)
+    return out

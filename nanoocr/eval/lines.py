@@ -1,12 +1,15 @@
 """Real held-out text-line images with ground truth, cut from real PDFs: an MDS eval set like every other.
 
     python -m nanoocr.eval.lines --pdf DIR_OR_FILE --out DIR [--dpi 150] [--max-pages-per-pdf N]
-        [--max-lines N] [--min-chars 8] [--seed 0]
+        [--max-lines N] [--min-chars 8] [--max-words N] [--seed 0]
 
 For each page: `pdftotext -bbox-layout` gives the text layer as XHTML, `<line xMin yMin xMax yMax>` elements
 (PDF points, origin top left) holding `<word>` elements; `pdftoppm -r DPI -png` renders the page; each line
 box, widened by MARGIN_X_PT / MARGIN_Y_PT, is cropped from the render. A record is
 `qa(OCR_PROMPT, words joined by single spaces, crop PNG, "<pdf>#p<page>:l<line>", "lines")`.
+With --max-words N a longer line is cut, at word boundaries, into consecutive segments of N words (the last
+may be shorter), each cropped from the union of its words' boxes and named "<pdf>#p<page>:l<line>s<k>": short
+real text spans, the size of a model's training lines; every segment is then a candidate like a line.
 
 Output: DIR is written by `nanoocr.data.convert.convert`, so it is exactly what `convert_to_mds` writes (MDS
 shards, rejected.jsonl, summary.json with read == written + rejected, published only once complete; when
@@ -64,6 +67,12 @@ LIGATURES = {"\ufb00": "ff", "\ufb01": "fi", "\ufb02": "fl", "\ufb03": "ffi", "\
              "\ufb06": "st"}
 
 
+def _box(el) -> tuple | None:
+    """An element's (xMin, yMin, xMax, yMax) in points, or None when it has none."""
+    values = [el.get(k) for k in ("xMin", "yMin", "xMax", "yMax")]
+    return None if None in values else tuple(float(v) for v in values)
+
+
 def parse_bbox_layout(xhtml: str) -> list[dict]:
     """Pages of `pdftotext -bbox-layout` output: [{"width", "height", "lines": [{"box": (x0, y0, x1, y1),
     "text"}]}], coordinates in PDF points; a line's text is its words joined by single spaces."""
@@ -72,11 +81,12 @@ def parse_bbox_layout(xhtml: str) -> list[dict]:
     for page in root.iter(f"{XHTML}page"):
         lines = []
         for line in page.iter(f"{XHTML}line"):
-            words = [(w.text or "").strip() for w in line.iter(f"{XHTML}word")]
-            text = " ".join(w for w in words if w)
-            text = "".join(LIGATURES.get(ch, ch) for ch in text)
+            words = [("".join(LIGATURES.get(ch, ch) for ch in (w.text or "").strip()), _box(w))
+                     for w in line.iter(f"{XHTML}word")]
+            words = [w for w in words if w[0]]
+            text = " ".join(w for w, _ in words)
             box = tuple(float(line.get(k)) for k in ("xMin", "yMin", "xMax", "yMax"))
-            lines.append({"box": box, "text": text})
+            lines.append({"box": box, "text": text, "words": words})
         pages.append({"width": float(page.get("width")), "height": float(page.get("height")), "lines": lines})
     return pages
 
@@ -132,8 +142,22 @@ def _error(rid: str, reason: str) -> dict:
     return {"id": rid, "source": SOURCE, "error": reason}
 
 
+def segments(line: dict, max_words: int | None) -> list[tuple[str, dict]]:
+    """[(suffix, {"box", "text"})]: the line itself, or with `max_words` its consecutive word groups."""
+    words = line.get("words") or []
+    if not max_words or len(words) <= max_words or any(b is None for _, b in words):  # no word boxes: kept whole
+        return [("", line)]
+    out = []
+    for k in range(0, len(words), max_words):
+        group = words[k:k + max_words]
+        box = (min(b[0] for _, b in group), min(b[1] for _, b in group),
+               max(b[2] for _, b in group), max(b[3] for _, b in group))
+        out.append((f"s{k // max_words + 1}", {"box": box, "text": " ".join(w for w, _ in group)}))
+    return out
+
+
 def scan(docs: list[tuple[str, Path]], max_pages: int | None, min_chars: int, dpi: int,
-         verbose: bool = True) -> dict[str, list[dict]]:
+         verbose: bool = True, max_words: int | None = None) -> dict[str, list[dict]]:
     """Pass 1, text only: {document: [item]} in page and line order, each item either an error record or a
     candidate {"id", "path", "page", "page_size", "box", "text"}."""
     from nanoocr.data.pdf import PopplerError, page_count
@@ -162,17 +186,18 @@ def scan(docs: list[tuple[str, Path]], max_pages: int | None, min_chars: int, dp
                 out.append(_error(pid, f"no text layer: page {page} of {doc} has no text (scanned or blank)"))
                 continue
             size = (layout["width"], layout["height"])
-            for k, line in enumerate(layout["lines"], start=1):
-                rid, text = f"{pid}:l{k}", line["text"]
-                reason = text_reason(text, line["box"], size, dpi, min_chars)
-                if reason is None and text in seen_text:
-                    reason = "duplicate text: the same as an earlier line"
-                if reason:
-                    out.append(_error(rid, reason))
-                    continue
-                seen_text.add(text)
-                out.append({"id": rid, "path": path, "page": page, "page_size": size, "box": line["box"],
-                            "text": text})
+            for k, whole in enumerate(layout["lines"], start=1):
+                for suffix, line in segments(whole, max_words):
+                    rid, text = f"{pid}:l{k}{suffix}", line["text"]
+                    reason = text_reason(text, line["box"], size, dpi, min_chars)
+                    if reason is None and text in seen_text:
+                        reason = "duplicate text: the same as an earlier line"
+                    if reason:
+                        out.append(_error(rid, reason))
+                        continue
+                    seen_text.add(text)
+                    out.append({"id": rid, "path": path, "page": page, "page_size": size, "box": line["box"],
+                                "text": text})
     return items
 
 
@@ -227,12 +252,12 @@ def _gunzip(path: Path, staging: Path) -> Path:
 
 
 def build(pdf: Path, out: str, dpi: int = DPI, max_pages: int | None = None, max_lines: int | None = None,
-          min_chars: int = MIN_CHARS, seed: int = 0, verbose: bool = True) -> dict:
+          min_chars: int = MIN_CHARS, seed: int = 0, verbose: bool = True, max_words: int | None = None) -> dict:
     """Write the line set of `pdf` (a file or a folder) to the MDS folder `out`; returns convert's summary."""
     from nanoocr.data.convert import convert
     with tempfile.TemporaryDirectory(prefix="nanoocr-lines-") as staging:
         docs = find_documents(pdf, Path(staging))
-        items = scan(docs, max_pages, min_chars, dpi, verbose)
+        items = scan(docs, max_pages, min_chars, dpi, verbose, max_words)
         sample_lines(items, max_lines, seed)
         inputs = [(doc, render(its, dpi), None) for doc, its in items.items()]
         return convert(inputs, out, compression="zstd")
@@ -247,14 +272,16 @@ def main(argv=None) -> int:
     ap.add_argument("--max-pages-per-pdf", type=int, default=None, help="at most N pages per PDF, evenly spaced")
     ap.add_argument("--max-lines", type=int, default=None, help="keep a seeded sample of at most N lines")
     ap.add_argument("--min-chars", type=int, default=MIN_CHARS, help="reject lines with fewer characters")
+    ap.add_argument("--max-words", type=int, default=None,
+                    help="cut longer lines into consecutive segments of at most N words")
     ap.add_argument("--seed", type=int, default=0, help="seed of the --max-lines sample")
     args = ap.parse_args(argv)
     if not Path(args.pdf).exists():
         ap.error(f"--pdf {args.pdf}: no such file or folder")
     if args.dpi < 36 or args.min_chars < 1:
         ap.error("--dpi must be >= 36 and --min-chars >= 1")
-    if any(v is not None and v < 1 for v in (args.max_pages_per_pdf, args.max_lines)):
-        ap.error("--max-pages-per-pdf and --max-lines must be >= 1")
+    if any(v is not None and v < 1 for v in (args.max_pages_per_pdf, args.max_lines, args.max_words)):
+        ap.error("--max-pages-per-pdf, --max-lines and --max-words must be >= 1")
     for tool in ("pdfinfo", "pdftoppm", "pdftotext"):
         if shutil.which(tool) is None:
             ap.error(f"{tool} not found: install poppler-utils (apt-get install poppler-utils)")
@@ -262,7 +289,7 @@ def main(argv=None) -> int:
         ap.error(f"--out {problem}")
     try:
         s = build(Path(args.pdf), args.out, args.dpi, args.max_pages_per_pdf, args.max_lines, args.min_chars,
-                  args.seed)
+                  args.seed, max_words=args.max_words)
     except OSError as e:  # a full disk...: convert published nothing
         print(f"error: building {args.out} failed, nothing was written there: {e}", file=sys.stderr)
         return 1
