@@ -7,8 +7,8 @@ docs/FACTS.md "DeepSeek-OCR checkpoint layout":
 - the vision parts: the `deepseek_ocr_tiny` preset's random SAM / CLIP / projector / newline / separator,
   written under the official names (docs/FACTS.md "Official weight names"), CLIP's unused patch conv included;
 - config.json in the released structure (decoder fields at the top level and in language_config);
-- a byte-level BPE tokenizer.json whose special tokens sit at the released ids (docs/FACTS.md "DeepSeek-OCR
-  decoder": 0 bos, 1 eos, 2 pad, 128815 <image>, ... 128826 <|Assistant|>), with its two config files.
+- a byte-level BPE tokenizer.json whose special tokens sit at the released ids (0 bos, 1 eos, 2 pad,
+  128815 <image>, ... 128826 <|Assistant|>: docs/FACTS.md "DeepSeek-OCR decoder"), with its two config files.
 Tokenization is compared with the `tokenizers` library's own added-token matching on that file (what the
 released LlamaTokenizerFast runs), logits with the transformers decoder, the export with the source layout.
 """
@@ -312,8 +312,8 @@ def test_lora_finetune_export_released_reload(released, tmp_path):
 
 
 def test_flops_count_the_active_experts():
-    """MoE training FLOPs: each routed expert's linears on k / E of the tokens (docs/FACTS.md "DeepSeek-OCR
-    decoder": top-6 of 64), written out here for the tiny decoder, everything trainable."""
+    """MoE training FLOPs: each routed expert's linears on k / E of the tokens (released: top-6 of 64,
+    docs/FACTS.md "DeepSeek-OCR decoder"), written out here for the tiny decoder, everything trainable."""
     from nanoocr.train.flops import gpt_flops
     model = NanoOCR(presets.build_config("deepseek_ocr_tiny"))
     c = model.config.gpt  # 64 wide, 3 layers (layer 0 dense 96), 8 experts of 32, top-2, 1 shared of 32
