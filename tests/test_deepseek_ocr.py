@@ -387,3 +387,31 @@ def test_finetune_yaml_shrunk_mixed_batch(released, tmp_path):
     text = batch["ids"][per_row.index(0)][None]  # the text-only row
     with torch.no_grad():
         assert (own(text) - model(text)).abs().max().item() <= 1e-5
+
+
+def test_meta_device_init_and_untrusted_released_config(released, tmp_path):
+    """FSDP's meta-device path initializes the MoE decoder (and LoRA adapters) like a normal build; a
+    released-layout config.json that asks for more layers or experts than its weights hold is refused before
+    anything is built."""
+    from nanoocr.model.lora import apply_lora
+    from nanoocr.train.export import export_released, load_model
+    with torch.device("meta"):
+        model = NanoOCR(presets.build_config("deepseek_ocr_tiny"))
+        apply_lora(model, r=2, alpha=2, modules=["gpt"])
+    model.materialize()
+    gpt = model.gpt
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert torch.equal(gpt.model.norm.weight, torch.ones(64))  # RMSNorm 1
+    assert abs(gpt.model.embed_tokens.weight.std().item() - 0.02) < 0.002  # DeepSeek-V2's initializer_range
+    q = gpt.model.layers[1].self_attn.q_proj
+    assert not q.lora_B.any() and q.lora_A.abs().max() <= 1 / math.sqrt(64) + 1e-6  # B = 0, A kaiming(a=sqrt 5)
+    router = gpt.model.layers[1].mlp.gate.weight
+    assert router.abs().max() <= 1 / math.sqrt(64) + 1e-6 and router.std() > 0.01  # kaiming-uniform
+    folder, _, _ = released
+    out = export_released(*tiny_model(folder), tmp_path / "x", dtype="float32")
+    cfg = json.loads((out / "config.json").read_text())
+    for key, value in (("num_hidden_layers", 100000), ("n_routed_experts", 4096)):
+        bad = dict(cfg, **{key: value}, language_config=dict(cfg["language_config"], **{key: value}))
+        (out / "config.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match="holds"):
+            load_model(out)
