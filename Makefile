@@ -21,5 +21,8 @@ setup: $(BIN)/.installed
 train: setup
 	$(BIN)/composer recipes/train.py yamls/tier1_overfit.yaml
 
+# The default suite first (what a developer runs: `pytest -q -m "not slow"`, ~15 min budget on 2 cores), then
+# the slow tests (full Tier-1, stage chain, DDP, kill -9/autoresume...): CI runs both.
 test: setup
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not slow" --durations=15
+	$(BIN)/pytest -q -m slow --durations=15
