@@ -256,7 +256,11 @@ def test_twice_and_unknown_decoder_are_errors():
 def test_ddp_step_trains_only_the_adapters(tmp_path):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    # An in-process Composer Trainer run earlier in the session may leave its single-rank group behind: use it.
+    owned = not dist.is_initialized()
+    if owned:
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    assert dist.get_world_size() == 1
     try:
         model = nano_gpt()
         apply_lora(model, r=2, alpha=4)
@@ -269,4 +273,5 @@ def test_ddp_step_trains_only_the_adapters(tmp_path):
         assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
         assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if n.endswith(".lora_B"))
     finally:
-        dist.destroy_process_group()
+        if owned:
+            dist.destroy_process_group()

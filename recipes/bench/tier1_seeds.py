@@ -1,6 +1,7 @@
 """Tier-1 as `make train` runs it, over seeds and thread counts: is 10/10 robust, and with what margin?
 
     python recipes/bench/tier1_seeds.py [--seeds 17 1 2 3 4] [--threads 1 2] [--jobs 2] [--out runs/tier1_seeds]
+        [--override KEY=VALUE ...]   (YAML overrides for every run, e.g. a shrunk max_duration)
 
 Each (seed, threads) pair is one `python recipes/train.py yamls/tier1_overfit.yaml variables.seed=S` run with
 OMP_NUM_THREADS=T (the seed sets the model's init and the data order), all reading the same data/overfit10.
@@ -23,16 +24,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def command(seed: int, out: Path) -> list[str]:
+def command(seed: int, out: Path, overrides: list[str]) -> list[str]:
     return [sys.executable, "recipes/train.py", "yamls/tier1_overfit.yaml", f"variables.seed={seed}",
-            f"run_name=tier1_seed{seed}", f"run_folder={out}", "progress_bar=false"]
+            f"run_name=tier1_seed{seed}", f"run_folder={out}", "progress_bar=false", *overrides]
 
 
-def start(seed: int, threads: int, root: Path):
+def start(seed: int, threads: int, root: Path, overrides: list[str]):
     out = root / f"seed{seed}_threads{threads}"
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     log = open(out.with_suffix(".log"), "w")
-    return subprocess.Popen(command(seed, out), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), out, time.time()
+    proc = subprocess.Popen(command(seed, out, overrides), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return proc, out, time.time()
 
 
 def result(seed: int, threads: int, out: Path, seconds: float, rc: int) -> dict:
@@ -54,14 +56,15 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--jobs", type=int, default=1, help="single-thread runs side by side")
     ap.add_argument("--out", default="runs/tier1_seeds")
+    ap.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE", help="YAML overrides for every run")
     args = ap.parse_args(argv)
-    root = ROOT / args.out
+    root = ROOT / args.out  # an absolute --out stays as given
     root.mkdir(parents=True, exist_ok=True)
     results = []
     for threads in args.threads:
         width = args.jobs if threads == 1 else 1  # 2 cores: only single-thread runs share the machine
         for i in range(0, len(args.seeds), width):
-            group = [(seed, *start(seed, threads, root)) for seed in args.seeds[i:i + width]]
+            group = [(seed, *start(seed, threads, root, args.override)) for seed in args.seeds[i:i + width]]
             for seed, proc, out, t0 in group:
                 rc = proc.wait()
                 results.append(result(seed, threads, out, time.time() - t0, rc))
