@@ -59,6 +59,11 @@ def test_word_split(streams):
     assert not seen["reading_unseen_fonts"] & seen["reading_unseen_words"]
     assert seen["reading_unseen_words"] <= held and len(seen["reading_unseen_words"]) > 100
     assert seen["reading"] <= train and seen["reading_unseen_fonts"] <= train
+    # Nonce words: no word of the list at all (so no held-out word), and not a small vocabulary in disguise.
+    assert not seen["reading_nonce"] & set(reading.WORDS)
+    assert len(seen["reading_nonce"]) > 0.8 * sum(len(words_of(answer(r))) for r, _ in streams["reading_nonce"])
+    letters = "".join(sorted(seen["reading_nonce"]))
+    assert {chr(c) for c in range(ord("a"), ord("z") + 1)} <= set(letters)
 
 
 def test_font_split(streams):

@@ -6,6 +6,7 @@ rendered in many fonts, with held-out words and held-out fonts for measuring gen
 | reading               | TRAIN_WORDS (~90%)     | train fonts           | training stream (any n)           |
 | reading_unseen_words  | HELD_OUT_WORDS (~10%)  | train fonts           | eval: can it read words it never saw? |
 | reading_unseen_fonts  | TRAIN_WORDS            | held-out fonts        | eval: can it read a typeface it never saw? |
+| reading_nonce         | random letter strings  | train fonts           | training stream: text only the image can predict |
 | reading_fine          | TRAIN_WORDS            | train fonts           | fine text on big pages (Gundam vs Base) |
 | reading_fine_unseen_words | HELD_OUT_WORDS     | train fonts           | eval: fine text it never saw      |
 
@@ -26,6 +27,12 @@ A sample (`sample(name, seed, i)` gives one with its rendering parameters):
   same parameters, same bytes);
 - id `"{name}-s{seed}-{i:06d}-{level}-{font file stem}"`, source `"synthetic:{name}"`: the id says which
   level and font made the image.
+
+Nonce words (`reading_nonce`): every token is a random string of 1-9 letters drawn uniformly from a-z (then
+cased as above; numbers as above), never one of WORDS. A language model of such text learns nothing but the
+letter set, so the only way to lower the loss on it is to read the image: the signal that reaches the encoder
+is "tell these images apart", where real words first teach the GPT to spell the train words from text alone
+and tell the encoder "be the average image" (BENCHMARKS.md "It reads?").
 
 Splits (fixed, no randomness):
 - words: WORDS is a fixed embedded list of 2400 common English words (wordfreq's English frequency list,
@@ -273,10 +280,21 @@ def _font(rel: str, size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(str(FONT_ROOT / rel), size)
 
 
+NONCE = ()  # the `vocab` of reading_nonce: random letter strings instead of words
+_WORD_SET = frozenset(WORDS)
+
+
+def _nonce_word(rng: random.Random) -> str:
+    while True:  # never a real word: a held-out word must not appear in any training stream
+        word = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(1, 9)))
+        if word not in _WORD_SET:
+            return word
+
+
 def _token(rng: random.Random, vocab: tuple[str, ...]) -> str:
     if rng.random() < 0.05:
         return str(rng.randint(1, 9999))
-    word = rng.choice(vocab)
+    word = rng.choice(vocab) if vocab else _nonce_word(rng)
     r = rng.random()
     return word.capitalize() if r < 0.10 else word.upper() if r < 0.13 else word
 
@@ -339,7 +357,7 @@ def sample(name: str, seed: int, i: int) -> tuple[dict, dict]:
         raise ValueError(f"unknown reading generator {name!r}; expected one of {sorted(SPLITS)}")
     unseen_words, unseen_fonts = SPLITS[name]
     train_fonts, held_fonts = font_split()
-    vocab = HELD_OUT_WORDS if unseen_words else TRAIN_WORDS
+    vocab = NONCE if name == "reading_nonce" else HELD_OUT_WORDS if unseen_words else TRAIN_WORDS
     rng = random.Random(f"{name}:{seed}:{i}")
     level = _pick_level(rng)
     font_rel = rng.choice(held_fonts if unseen_fonts else train_fonts)
@@ -398,8 +416,14 @@ def reading_unseen_fonts(n: int, seed: int = 0) -> Iterator[dict]:
     return _stream("reading_unseen_fonts", n, seed)
 
 
+def reading_nonce(n: int, seed: int = 0) -> Iterator[dict]:
+    """Training stream: random letter strings (never a word of WORDS) in train fonts."""
+    return _stream("reading_nonce", n, seed)
+
+
 # name -> (held-out words?, held-out fonts?)
-SPLITS = {"reading": (False, False), "reading_unseen_words": (True, False), "reading_unseen_fonts": (False, True)}
+SPLITS = {"reading": (False, False), "reading_unseen_words": (True, False), "reading_unseen_fonts": (False, True),
+          "reading_nonce": (False, False)}
 FINE_SPLITS = {"reading_fine": False, "reading_fine_unseen_words": True}  # name -> held-out words?
 
 
@@ -447,5 +471,5 @@ def reading_fine_unseen_words(n: int, seed: int = 0) -> Iterator[dict]:
 
 
 READING_GENERATORS = {"reading": reading, "reading_unseen_words": reading_unseen_words,
-                      "reading_unseen_fonts": reading_unseen_fonts,
+                      "reading_unseen_fonts": reading_unseen_fonts, "reading_nonce": reading_nonce,
                       "reading_fine": reading_fine, "reading_fine_unseen_words": reading_fine_unseen_words}
