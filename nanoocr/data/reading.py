@@ -280,7 +280,6 @@ def _font(rel: str, size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(str(FONT_ROOT / rel), size)
 
 
-NONCE = ()  # the `vocab` of reading_nonce: random letter strings instead of words
 _WORD_SET = frozenset(WORDS)
 
 
@@ -291,10 +290,11 @@ def _nonce_word(rng: random.Random) -> str:
             return word
 
 
-def _token(rng: random.Random, vocab: tuple[str, ...]) -> str:
+def _token(rng: random.Random, vocab: tuple[str, ...] | None) -> str:
+    """A token of `vocab`, or a nonce word when `vocab` is None (reading_nonce)."""
     if rng.random() < 0.05:
         return str(rng.randint(1, 9999))
-    word = rng.choice(vocab) if vocab else _nonce_word(rng)
+    word = _nonce_word(rng) if vocab is None else rng.choice(vocab)
     r = rng.random()
     return word.capitalize() if r < 0.10 else word.upper() if r < 0.13 else word
 
@@ -357,7 +357,7 @@ def sample(name: str, seed: int, i: int) -> tuple[dict, dict]:
         raise ValueError(f"unknown reading generator {name!r}; expected one of {sorted(SPLITS)}")
     unseen_words, unseen_fonts = SPLITS[name]
     train_fonts, held_fonts = font_split()
-    vocab = NONCE if name == "reading_nonce" else HELD_OUT_WORDS if unseen_words else TRAIN_WORDS
+    vocab = None if name == "reading_nonce" else HELD_OUT_WORDS if unseen_words else TRAIN_WORDS
     rng = random.Random(f"{name}:{seed}:{i}")
     level = _pick_level(rng)
     font_rel = rng.choice(held_fonts if unseen_fonts else train_fonts)
