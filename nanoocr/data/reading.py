@@ -7,6 +7,7 @@ rendered in many fonts, with held-out words and held-out fonts for measuring gen
 | reading_unseen_words  | HELD_OUT_WORDS (~10%)  | train fonts           | eval: can it read words it never saw? |
 | reading_unseen_fonts  | TRAIN_WORDS            | held-out fonts        | eval: can it read a typeface it never saw? |
 | reading_nonce         | random letter strings  | train fonts           | training stream: text only the image can predict |
+| reading_nonce_words   | random letter strings  | train fonts           | the first stage: word level only (1-3, 32-64 px) |
 | reading_fine          | TRAIN_WORDS            | train fonts           | fine text on big pages (Gundam vs Base) |
 | reading_fine_unseen_words | HELD_OUT_WORDS     | train fonts           | eval: fine text it never saw      |
 
@@ -29,7 +30,8 @@ A sample (`sample(name, seed, i)` gives one with its rendering parameters):
   level and font made the image.
 
 Nonce words (`reading_nonce`): every token is a random string of 1-9 letters drawn uniformly from a-z (then
-cased as above; numbers as above), never one of WORDS. A language model of such text learns nothing but the
+cased as above; numbers as above), never one of WORDS. `reading_nonce_words` draws only the word level
+(1-3 nonce words, 32-64 px): the words -> lines -> blocks curriculum's first stage, mixed in by proportion. A language model of such text learns nothing but the
 letter set, so the only way to lower the loss on it is to read the image: the signal that reaches the encoder
 is "tell these images apart", where real words first teach the GPT to spell the train words from text alone
 and tell the encoder "be the average image" (BENCHMARKS.md "It reads?").
@@ -357,9 +359,11 @@ def sample(name: str, seed: int, i: int) -> tuple[dict, dict]:
         raise ValueError(f"unknown reading generator {name!r}; expected one of {sorted(SPLITS)}")
     unseen_words, unseen_fonts = SPLITS[name]
     train_fonts, held_fonts = font_split()
-    vocab = None if name == "reading_nonce" else HELD_OUT_WORDS if unseen_words else TRAIN_WORDS
+    vocab = None if name in NONCE else HELD_OUT_WORDS if unseen_words else TRAIN_WORDS
     rng = random.Random(f"{name}:{seed}:{i}")
     level = _pick_level(rng)
+    if name == "reading_nonce_words":
+        level = "word"
     font_rel = rng.choice(held_fonts if unseen_fonts else train_fonts)
     width = rng.randint(512, 640)
     max_w = width - 32  # at least 16 px of margin each side
@@ -421,9 +425,15 @@ def reading_nonce(n: int, seed: int = 0) -> Iterator[dict]:
     return _stream("reading_nonce", n, seed)
 
 
+def reading_nonce_words(n: int, seed: int = 0) -> Iterator[dict]:
+    """Training stream: 1-3 random letter strings at 32-64 px (the word level of reading_nonce only)."""
+    return _stream("reading_nonce_words", n, seed)
+
+
 # name -> (held-out words?, held-out fonts?)
 SPLITS = {"reading": (False, False), "reading_unseen_words": (True, False), "reading_unseen_fonts": (False, True),
-          "reading_nonce": (False, False)}
+          "reading_nonce": (False, False), "reading_nonce_words": (False, False)}
+NONCE = ("reading_nonce", "reading_nonce_words")  # the generators whose tokens are random letter strings
 FINE_SPLITS = {"reading_fine": False, "reading_fine_unseen_words": True}  # name -> held-out words?
 
 
@@ -472,4 +482,5 @@ def reading_fine_unseen_words(n: int, seed: int = 0) -> Iterator[dict]:
 
 READING_GENERATORS = {"reading": reading, "reading_unseen_words": reading_unseen_words,
                       "reading_unseen_fonts": reading_unseen_fonts, "reading_nonce": reading_nonce,
+                      "reading_nonce_words": reading_nonce_words,
                       "reading_fine": reading_fine, "reading_fine_unseen_words": reading_fine_unseen_words}
