@@ -64,7 +64,12 @@ def main(argv=None) -> int:
     for threads in args.threads:
         width = args.jobs if threads == 1 else 1  # 2 cores: only single-thread runs share the machine
         for i in range(0, len(args.seeds), width):
-            group = [(seed, *start(seed, threads, root, args.override)) for seed in args.seeds[i:i + width]]
+            group = []
+            for k, seed in enumerate(args.seeds[i:i + width]):
+                # Streaming names each run's shared memory by the first free prefix: two runs started in the
+                # same instant pick the same one and the second dies (FileExistsError '/000067_locals').
+                time.sleep(10 if k else 0)
+                group.append((seed, *start(seed, threads, root, args.override)))
             for seed, proc, out, t0 in group:
                 rc = proc.wait()
                 results.append(result(seed, threads, out, time.time() - t0, rc))
