@@ -31,8 +31,8 @@ A sample (`sample(name, seed, i)` gives one with its rendering parameters):
 
 Nonce words (`reading_nonce`): every token is a random string of 1-9 letters drawn uniformly from a-z (then
 cased as above; numbers as above), never one of WORDS. `reading_nonce_words` draws only the word level
-(1-3 nonce words, 32-64 px): the words -> lines -> blocks curriculum's first stage, mixed in by proportion. A language model of such text learns nothing but the
-letter set, so the only way to lower the loss on it is to read the image: the signal that reaches the encoder
+(1-3 nonce words, 32-64 px): the words -> lines -> blocks curriculum's first stage, mixed in by proportion.
+A language model of such text learns nothing but the letter set, so the only way to lower the loss on it is to read the image: the signal that reaches the encoder
 is "tell these images apart", where real words first teach the GPT to spell the train words from text alone
 and tell the encoder "be the average image" (BENCHMARKS.md "It reads?").
 
