@@ -32,9 +32,10 @@ A sample (`sample(name, seed, i)` gives one with its rendering parameters):
 Nonce words (`reading_nonce`): every token is a random string of 1-9 letters drawn uniformly from a-z (then
 cased as above; numbers as above), never one of WORDS. `reading_nonce_words` draws only the word level
 (1-3 nonce words, 32-64 px): the words -> lines -> blocks curriculum's first stage, mixed in by proportion.
-A language model of such text learns nothing but the letter set, so the only way to lower the loss on it is to read the image: the signal that reaches the encoder
-is "tell these images apart", where real words first teach the GPT to spell the train words from text alone
-and tell the encoder "be the average image" (BENCHMARKS.md "It reads?").
+A language model of such text learns nothing but the letter set, so the only way to lower the loss on it is to
+read the image: the signal that reaches the encoder is "tell these images apart", where real words first teach
+the GPT to spell the train words from text alone and tell the encoder "be the average image" (BENCHMARKS.md
+"It reads?": at encoder lr 1e-4 nonce text delays the collapse, it does not prevent it).
 
 Splits (fixed, no randomness):
 - words: WORDS is a fixed embedded list of 2400 common English words (wordfreq's English frequency list,
@@ -361,7 +362,7 @@ def sample(name: str, seed: int, i: int) -> tuple[dict, dict]:
     train_fonts, held_fonts = font_split()
     vocab = None if name in NONCE else HELD_OUT_WORDS if unseen_words else TRAIN_WORDS
     rng = random.Random(f"{name}:{seed}:{i}")
-    level = _pick_level(rng)
+    level = _pick_level(rng)  # drawn for every name, even where overridden: the same samples as the measured runs
     if name == "reading_nonce_words":
         level = "word"
     font_rel = rng.choice(held_fonts if unseen_fonts else train_fonts)
