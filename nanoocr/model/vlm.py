@@ -55,6 +55,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
 from nanoocr.model.precision import autocast
 from nanoocr.model.tokens import layout_tokens
 from nanoocr.model.clip import CLIPConfig, CLIPEmbeddings, CLIPEncoder, CLIPLayer
+from nanoocr.model.ctc import CTCHead
 from nanoocr.model.deepseek_decoder import DecoderLayer, DeepseekDecoder, DeepseekDecoderConfig
 from nanoocr.model.gpt import GPT, GPTConfig, log_once, use_triton
 from nanoocr.model.gpt import Block as GPTBlock
@@ -79,6 +80,10 @@ class VLMConfig:
     # nanoocr/model/lora.py). A training choice: NanoOCR(config) builds the plain model, the recipe adds the
     # adapters after the pretrained weights are in (nanoocr.train.build), and an export merges them (None there).
     lora: dict | None = None
+    # A CTC reading head on the global view's vision tokens (nanoocr/model/ctc.py), trained beside the GPT's loss:
+    # `ctc_upsample` frames per token (0 = no head), its loss weighted by `ctc_weight` in the training total.
+    ctc_upsample: int = 0
+    ctc_weight: float = 1.0
 
     def __post_init__(self):
         if self.decoder not in DECODERS:
@@ -98,6 +103,8 @@ class VLMConfig:
             assert isinstance(getattr(self, name), cls), f"{name} must be a {cls.__name__} or dict"
         assert self.clip.dim == self.sam.out_chans, \
             f"CLIP reads SAM features as patch tokens: clip.dim {self.clip.dim} != sam.out_chans {self.sam.out_chans}"
+        if not (isinstance(self.ctc_upsample, int) and 0 <= self.ctc_upsample <= 64):
+            raise ValueError(f"ctc_upsample must be an int in [0, 64] (frames per vision token), got {self.ctc_upsample!r}")
         assert 0 <= self.image_token_id < self.gpt.vocab_size, \
             f"image_token_id {self.image_token_id} outside the vocabulary (vocab_size {self.gpt.vocab_size})"
 
@@ -119,7 +126,8 @@ def image_token_count(config, size, tiles=(1, 1), crop_size=640):
 # The model's parts, for per-part optimizer settings (optimizer.param_groups) and freezing: parameter-name
 # prefixes, the first match wins (compressor before sam: net_2 / net_3 live inside the SAM module).
 PARTS = {"compressor": ("sam.net_2.", "sam.net_3."), "sam": ("sam.",), "clip": ("clip.",),
-         "projector": ("projector.",), "newline": ("image_newline", "view_separator"), "gpt": ("gpt.",)}
+         "projector": ("projector.",), "newline": ("image_newline", "view_separator"), "gpt": ("gpt.",),
+         "ctc_head": ("ctc_head.",)}
 
 
 def param_part(name: str) -> str:
@@ -149,6 +157,8 @@ class NanoOCR(nn.Module):
         self.image_newline = nn.Parameter(torch.empty(n_embd))
         self.view_separator = nn.Parameter(torch.empty(n_embd))  # official weights: "view_seperator"
         self.gpt = DECODERS[config.decoder][1](config.gpt)  # the language model, whichever decoder
+        if config.ctc_upsample:  # torch's Linear init (param_init_fn's generic branch does the same)
+            self.ctc_head = CTCHead(n_embd, config.gpt.vocab_size, config.ctc_upsample)
         self.init_weights()
         if config.activation_checkpointing:
             self.set_activation_checkpointing(True)
@@ -292,9 +302,10 @@ class NanoOCR(nn.Module):
         newline = self.image_newline.to(grid.dtype).expand(R, 1, C)
         return torch.cat([grid, newline], dim=1).flatten(0, 1)
 
-    def encode_images(self, images, crops=None, tiles=None):
+    def encode_images(self, images, crops=None, tiles=None, with_global=False):
         """images (N, 3, S, S); crops (M, 3, s, s) | None; tiles (N, 2) (w_tiles, h_tiles) | None
-        -> (sum_i tokens_i, n_embd): per image [local + newlines, global + newlines, separator]."""
+        -> (sum_i tokens_i, n_embd): per image [local + newlines, global + newlines, separator]; with_global:
+        also the global views' grids (N, nq*nq, n_embd), what the CTC head reads."""
         assert images.ndim == 4, f"images must be (N, 3, S, S), got {tuple(images.shape)}"
         N = images.shape[0]
         tiles = [(1, 1)] * N if tiles is None else [tuple(t) for t in torch.as_tensor(tiles).tolist()]
@@ -305,9 +316,9 @@ class NanoOCR(nn.Module):
         if sum(n_crops) != given:
             raise ValueError(f"tiles {tiles} need {sum(n_crops)} crops, but {given} crops were given")
 
-        g = self.encode_views(images)  # (N, nq*nq, C)
-        nq = math.isqrt(g.shape[1])
-        g = g.view(N, nq, nq, -1)
+        flat = self.encode_views(images)  # (N, nq*nq, C)
+        nq = math.isqrt(flat.shape[1])
+        g = flat.view(N, nq, nq, -1)
         if given:
             loc = self.encode_views(crops)  # (M, nc*nc, C), all images' crops in one batch
             nc = math.isqrt(loc.shape[1])
@@ -322,7 +333,7 @@ class NanoOCR(nn.Module):
                 k += n_crops[i]
             out.append(self._with_newlines(g[i]))
             out.append(self.view_separator.to(g.dtype)[None])
-        return torch.cat(out)  # (sum_i tokens_i, C)
+        return (torch.cat(out), flat) if with_global else torch.cat(out)  # (sum_i tokens_i, C)
 
     def _check_counts(self, ids, vision):
         n_pos = int((ids == self.config.image_token_id).sum())
@@ -349,16 +360,26 @@ class NanoOCR(nn.Module):
         log_once("embed+merge: torch (embedding + masked_scatter)")
         return self.merge(self.gpt.embed(ids), ids, vision)
 
-    def forward(self, ids, targets=None, images=None, crops=None, tiles=None, loss_reduction="mean"):
-        """ids/targets (B, T); images/crops/tiles as encode_images -> loss, or logits (B, T, V) without targets."""
+    def forward(self, ids, targets=None, images=None, crops=None, tiles=None, loss_reduction="mean",
+                ctc_answers=None):
+        """ids/targets (B, T); images/crops/tiles as encode_images -> loss, or logits (B, T, V) without targets.
+        ctc_answers (one target or None per image, nanoocr.model.ctc.answer_targets; needs the CTC head and
+        images) -> (loss, ctc_loss)."""
         if images is None and (crops is not None or tiles is not None):
             raise ValueError("crops/tiles given without images")
+        if ctc_answers is not None and (images is None or not self.config.ctc_upsample):
+            raise ValueError("ctc_answers needs images and a CTC head (ctc_upsample > 0)")
         with autocast(self.autocast_dtype, ids.device.type):
-            vision = None if images is None else self.encode_images(images, crops, tiles)
+            vision, grids = None, None
+            if images is not None and ctc_answers is not None:
+                vision, grids = self.encode_images(images, crops, tiles, with_global=True)
+            elif images is not None:
+                vision = self.encode_images(images, crops, tiles)
             x = self.embed(ids, vision)
             if vision is None and self.training and torch.is_grad_enabled():
                 x = x + 0.0 * self._vision_touch()
-            return self.gpt.trunk(x, targets, loss_reduction=loss_reduction, ids=ids)
+            out = self.gpt.trunk(x, targets, loss_reduction=loss_reduction, ids=ids)
+            return out if grids is None else (out, self.ctc_head.loss(grids, ctc_answers))
 
     def _vision_touch(self):
         """A zero that depends on every vision parameter, for a text-only (micro)batch in training.

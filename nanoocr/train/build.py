@@ -242,7 +242,12 @@ def build_trainer(cfg: dict):
     model.autocast_dtype, why = resolve(cfg["model"].get("cpu_autocast"), device)
     print(f"[nanoocr] precision: {why}" if device == "cpu" else
           f"[nanoocr] precision: the Trainer's {kwargs['precision']} ({why})", flush=True)
-    composer_model = ComposerNanoOCR(model)
+    ctc_ids = None
+    if model.config.ctc_upsample:  # the CTC head's targets: the answer's tokens, single-line answers only
+        ctc_ids = {"start_id": tokenizer.token_id("<|assistant_start|>"),
+                   "end_id": tokenizer.token_id("<|assistant_end|>"),
+                   "skip_ids": frozenset(i for i in range(tokenizer.vocab_size) if "\n" in tokenizer.decode([i]))}
+    composer_model = ComposerNanoOCR(model, ctc_ids)
     mode = cfg["train_loader"]["dataset"].get("mode", "base")
     batch_size = cfg["device_train_batch_size"]
     _, train_spec = build_loader(cfg["train_loader"], tokenizer, batch_size)

@@ -310,7 +310,8 @@ class LossCurve(Callback):
         self.fit_ended = False
 
     def batch_end(self, state: State, logger: Logger) -> None:
-        self.train.append((int(state.timestamp.batch), float(state.loss)))
+        loss = state.loss["total"] if isinstance(state.loss, dict) else state.loss  # dict: with the CTC head
+        self.train.append((int(state.timestamp.batch), float(loss)))
 
     def eval_end(self, state: State, logger: Logger) -> None:
         metric = state.eval_metric_values.get("LanguageCrossEntropy")

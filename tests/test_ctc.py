@@ -1,0 +1,156 @@
+"""The CTC reading head (nanoocr/model/ctc.py): targets read from a batch, frame order, the loss against the CTC
+forward recursion written out here (Graves et al. 2006, eq. 6-8), the model and Composer wiring, and
+yamls/reads_ctc.yaml shrunk."""
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from nanoocr.model.ctc import CTCHead, answer_targets
+from nanoocr.model.presets import build_config
+from nanoocr.model.vlm import NanoOCR, param_part
+from nanoocr.train.composer_model import ComposerNanoOCR
+
+ROOT = Path(__file__).resolve().parents[1]
+IMG, START, END, NL = 9, 7, 8, 5  # ids of this file's toy vocabulary
+
+
+def reference_ctc_nll(log_probs: torch.Tensor, target: list[int], blank: int) -> float:
+    """-log p(target | frames), log_probs (F, V): the alpha recursion over the target with blanks interleaved."""
+    ext = [blank]
+    for t in target:
+        ext += [t, blank]
+    S, F = len(ext), log_probs.shape[0]
+    alpha = [[-math.inf] * S for _ in range(F)]
+    alpha[0][0] = float(log_probs[0, ext[0]])
+    if S > 1:
+        alpha[0][1] = float(log_probs[0, ext[1]])
+    for f in range(1, F):
+        for s in range(S):
+            terms = [alpha[f - 1][s]]
+            if s >= 1:
+                terms.append(alpha[f - 1][s - 1])
+            if s >= 2 and ext[s] != blank and ext[s] != ext[s - 2]:
+                terms.append(alpha[f - 1][s - 2])
+            m = max(terms)
+            alpha[f][s] = -math.inf if m == -math.inf else m + math.log(sum(math.exp(t - m) for t in terms)) + \
+                float(log_probs[f, ext[s]])
+    last = [alpha[F - 1][S - 1]] + ([alpha[F - 1][S - 2]] if S > 1 else [])
+    m = max(last)
+    return -(m + math.log(sum(math.exp(t - m) for t in last)))
+
+
+def test_answer_targets_reads_the_answer_of_each_image_row():
+    # row 0: prompt, 3 image tokens, prompt, <start>, answer 1 2 3, <end>, padding
+    # row 1: text only (no image): no entry
+    # row 2: an answer holding the newline token NL: None
+    # row 3: truncated inside the answer: what the row holds
+    ids = torch.tensor([[1, IMG, IMG, IMG, 2, START, 1, 2, 3, END, 0],
+                        [1, 2, 3, START, 4, 4, END, 0, 0, 0, 0],
+                        [1, IMG, IMG, IMG, START, 3, NL, 4, END, 0, 0],
+                        [1, IMG, IMG, IMG, 2, 2, START, 4, 3, 2, 1]])
+    targets = torch.cat([ids[:, 1:], torch.tensor([[-1], [-1], [-1], [4]])], dim=1)
+    targets[targets == IMG] = -1
+    targets[ids == 0] = -1  # padding
+    targets[0, 9:] = -1
+    got = answer_targets(ids, targets, IMG, START, END, frozenset({NL}))
+    assert len(got) == 3  # rows 0, 2, 3 hold an image
+    assert got[0].tolist() == [1, 2, 3]
+    assert got[1] is None
+    assert got[2].tolist() == [4, 3, 2, 1, 4]  # the last target past the row's inputs included
+
+
+def test_answer_targets_refuses_a_row_with_two_images():
+    ids = torch.tensor([[IMG, IMG, 1, IMG, IMG, START, 2, END]])
+    targets = torch.cat([ids[:, 1:], torch.tensor([[-1]])], dim=1)
+    assert answer_targets(ids, targets, IMG, START, END, frozenset()) is None
+
+
+def test_head_frames_are_row_major_then_per_token():
+    torch.manual_seed(0)
+    head = CTCHead(n_embd=6, vocab_size=4, upsample=3)
+    tokens = torch.randn(2, 5, 6)
+    out = head(tokens)  # (2, 15, 5)
+    assert out.shape == (2, 15, 5)
+    for j in range(5):  # token j alone, through the same linear, is frames 3j .. 3j+2
+        ref = (tokens[:, j] @ head.proj.weight.T + head.proj.bias).view(2, 3, 5)
+        torch.testing.assert_close(out[:, 3 * j:3 * j + 3], ref)
+
+
+def test_loss_is_the_ctc_recursion_token_weighted():
+    torch.manual_seed(1)
+    head = CTCHead(n_embd=8, vocab_size=4, upsample=2)
+    tokens = torch.randn(3, 4, 8)  # 8 frames each
+    answers = [torch.tensor([1, 1, 2]), None, torch.tensor([3])]
+    got = head.loss(tokens, answers)
+    logp = head(tokens).float().log_softmax(-1)
+    nll = reference_ctc_nll(logp[0], [1, 1, 2], blank=4) + reference_ctc_nll(logp[2], [3], blank=4)
+    assert abs(float(got) - nll / 4) < 1e-4, (float(got), nll / 4)  # 3 + 1 answer tokens
+    # an answer longer than the frames (8 frames, 5 repeats need 9) scores 0 instead of inf
+    assert float(head.loss(tokens[:1], [torch.tensor([1, 1, 1, 1, 1])])) == 0.0
+    assert float(head.loss(tokens, [None, None, None])) == 0.0
+
+
+def toy_batch(vocab):
+    """Two 64 px images (1 x 1 grids: 1 token + newline + separator = 3 image tokens per row) with answers."""
+    img = vocab - 1
+    ids = torch.tensor([[1, img, img, img, 2, START, 10, 11, 12, END],
+                        [1, img, img, img, 2, START, 13, 14, END, 0]])
+    targets = torch.cat([ids[:, 1:], torch.full((2, 1), -1)], dim=1)
+    targets[targets == img] = -1
+    targets[1, 8:] = -1
+    torch.manual_seed(2)
+    return {"ids": ids, "targets": targets, "images": torch.rand(2, 3, 64, 64) * 2 - 1}
+
+
+def test_composer_model_returns_ce_and_ctc_and_the_gradient_reaches_the_encoder():
+    cfg = build_config("nano", gpt={"vocab_size": 64}, image_token_id=63, ctc_upsample=4, ctc_weight=0.5)
+    model = NanoOCR(cfg)
+    assert {param_part(n) for n, _ in model.named_parameters()} >= {"ctc_head", "sam", "gpt"}
+    cm = ComposerNanoOCR(model, {"start_id": START, "end_id": END, "skip_ids": frozenset()}).train()
+    batch = toy_batch(64)
+    out = cm.loss(cm(batch), batch)
+    assert set(out) == {"total", "ce", "ctc"}
+    ce = model(batch["ids"], batch["targets"], batch["images"])
+    torch.testing.assert_close(out["ce"], ce.detach())
+    torch.testing.assert_close(out["total"], out["ce"] + 0.5 * out["ctc"])
+    # the GPT's init (zero c_proj, zero lm_head) passes no gradient to the vision tokens at step 0: whatever
+    # reaches SAM comes from the CTC head
+    ce.backward()
+    assert all(p.grad is None or float(p.grad.abs().max()) == 0 for p in model.sam.parameters())
+    model.zero_grad()
+    out["total"].backward()
+    assert float(model.sam.patch_embed.proj.weight.grad.abs().max()) > 0
+
+
+def test_a_model_with_a_ctc_head_needs_the_token_ids():
+    import pytest
+    model = NanoOCR(build_config("nano", gpt={"vocab_size": 64}, image_token_id=63, ctc_upsample=2))
+    with pytest.raises(ValueError, match="ctc_ids"):
+        ComposerNanoOCR(model)
+    with pytest.raises(ValueError, match="ctc_upsample"):
+        build_config("nano", gpt={"vocab_size": 64}, image_token_id=63, ctc_upsample=1000)
+
+
+def test_reads_ctc_yaml_shrunk_logs_both_losses(tmp_path):
+    """yamls/reads_ctc.yaml as written, shrunk: its data sets pre-built small, a few batches; both losses logged,
+    the CTC loss finite and positive, the export loads without the trainer."""
+    from nanoocr.data.convert import main as convert
+    from nanoocr.train.config import load_config
+    from nanoocr.train.recipe import train
+    data, run = tmp_path / "reads", tmp_path / "run"
+    for spec, sub in (("reading:16:0", "train"), ("reading_nonce:16:0", "nonce"), ("reading_nonce_words:16:0", "nonce_words"),
+                      ("reading_unseen_words:2:1", "unseen_words"), ("reading_unseen_fonts:2:2", "unseen_fonts")):
+        assert convert(["--input", f"synthetic:{spec}", "--out", str(data / sub)]) in (0, None)
+    cfg = load_config(str(ROOT / "yamls/reads_ctc.yaml"), [
+        f"variables.data_dir={data}", f"run_folder={run}", "save_folder=null", "progress_bar=false",
+        "max_duration=3ba", "device_train_batch_size=4", "eval_interval=3ba", "eval_subset_num_batches=1",
+        "tokenizer.train_vocab_size=300", "callbacks.vision_collapse.probes=4",
+        "callbacks.generation_eval={interval: 3, samples: 2, max_new_tokens: 4}", "final_eval.max_new_tokens=4"])
+    train(cfg)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    ctc = [r["loss/train/ctc"] for r in rows if "loss/train/ctc" in r]
+    ce = [r["loss/train/ce"] for r in rows if "loss/train/ce" in r]
+    assert len(ctc) == 3 and len(ce) == 3 and all(math.isfinite(v) and v > 0 for v in ctc)
+    assert json.loads((run / "eval.json").read_text())["summary"]["n"] == 2
