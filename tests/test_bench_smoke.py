@@ -192,3 +192,24 @@ def test_tier1_seeds(bench, tmp_path, capsys):
         assert re.fullmatch(r"\d+/10", r["exact_match"]) and r["final_loss"] > 0.01  # 2 batches: not learned
         assert r["first_batch_below_0.01"] is None and 0 < r["cosine_start"] <= 1 and r["seconds"] > 0
     assert (out / "table.md").read_text().count("\n") == 4  # header, rule, two rows
+
+
+def test_vision_share(bench, tmp_path, capsys):
+    """A tiny export and a fresh nano on 3 probes: one row each, the shares in [0, 1], the cosines in [-1, 1]."""
+    from nanoocr.data.convert import main as convert
+    from nanoocr.data.tokenizer import Tokenizer
+    from nanoocr.model import presets
+    from nanoocr.model.vlm import NanoOCR
+    from nanoocr.train.export import export_model
+    assert convert(["--input", "synthetic:overfit10:10:0", "--out", str(tmp_path / "mds")]) in (0, None)
+    tok = Tokenizer.train_from_iterator(["Free OCR. the quick brown fox"] * 4, vocab_size=300)
+    model = NanoOCR(presets.build_config("nano", gpt={"vocab_size": tok.vocab_size, "sequence_len": 256},
+                                         image_token_id=tok.image_id))
+    export_model(model, tok, tmp_path / "export", mode="tiny")
+    assert bench("vision_share", tmp_path / "export", "--data", tmp_path / "mds", "--probes", 3, "--init", "nano") == 0
+    out = capsys.readouterr().out
+    rows = [r for r in (table_rows(out, "fresh nano") + table_rows(out, str(tmp_path / "export")))]
+    assert len(rows) == 2, out
+    for row in rows:
+        c73, cgrid, norm, part, share = map(float, row[1:6])
+        assert -1 <= c73 <= 1 and -1 <= cgrid <= 1 and norm > part > 0 and 0 < share <= 1, row
