@@ -71,3 +71,22 @@ def s3():
             else:
                 os.environ[k] = v
         server.stop()
+
+
+@pytest.fixture
+def shrunk_reads():
+    """shrunk_reads(yaml, data, run, {sub: spec}) -> a reading-curriculum YAML (yamls/reads*.yaml) as written, loaded
+    with its data sets pre-built small under `data` (build_data then skips them) and a 3-batch run into `run`:
+    batch 4, one eval batch, a 300-token BPE, 4 probes, 4 new tokens in the evals."""
+    def load(yaml, data, run, sets: dict):
+        from nanoocr.data.convert import main as convert
+        from nanoocr.train.config import load_config
+        for sub, spec in sets.items():
+            assert convert(["--input", f"synthetic:{spec}", "--out", str(data / sub)]) in (0, None)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        return load_config(os.path.join(root, "yamls", yaml), [
+            f"variables.data_dir={data}", f"run_folder={run}", "save_folder=null", "progress_bar=false",
+            "max_duration=3ba", "device_train_batch_size=4", "eval_interval=3ba", "eval_subset_num_batches=1",
+            "tokenizer.train_vocab_size=300", "callbacks.vision_collapse.probes=4",
+            "callbacks.generation_eval={interval: 3, samples: 2, max_new_tokens: 4}", "final_eval.max_new_tokens=4"])
+    return load

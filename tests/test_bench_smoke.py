@@ -208,7 +208,7 @@ def test_vision_share(bench, tmp_path, capsys):
     export_model(model, tok, tmp_path / "export", mode="tiny")
     assert bench("vision_share", tmp_path / "export", "--data", tmp_path / "mds", "--probes", 3, "--init", "nano") == 0
     out = capsys.readouterr().out
-    rows = [r for r in (table_rows(out, "fresh nano") + table_rows(out, str(tmp_path / "export")))]
+    rows = table_rows(out, "fresh nano") + table_rows(out, str(tmp_path / "export"))
     assert len(rows) == 2, out
     for row in rows:
         c73, cgrid, norm, part, share = map(float, row[1:6])

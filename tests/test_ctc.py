@@ -3,7 +3,6 @@ forward recursion written out here (Graves et al. 2006, eq. 6-8), the model and 
 yamls/reads_ctc.yaml shrunk."""
 import json
 import math
-from pathlib import Path
 
 import torch
 
@@ -12,7 +11,6 @@ from nanoocr.model.presets import build_config
 from nanoocr.model.vlm import NanoOCR, param_part
 from nanoocr.train.composer_model import ComposerNanoOCR
 
-ROOT = Path(__file__).resolve().parents[1]
 IMG, START, END, NL = 9, 7, 8, 5  # ids of this file's toy vocabulary
 
 
@@ -92,9 +90,8 @@ def test_loss_is_the_ctc_recursion_token_weighted():
     assert float(head.loss(tokens, [None, None, None])) == 0.0
 
 
-def toy_batch(vocab):
+def toy_batch(img):
     """Two 64 px images (1 x 1 grids: 1 token + newline + separator = 3 image tokens per row) with answers."""
-    img = vocab - 1
     ids = torch.tensor([[1, img, img, img, 2, START, 10, 11, 12, END],
                         [1, img, img, img, 2, START, 13, 14, END, 0]])
     targets = torch.cat([ids[:, 1:], torch.full((2, 1), -1)], dim=1)
@@ -109,7 +106,7 @@ def test_composer_model_returns_ce_and_ctc_and_the_gradient_reaches_the_encoder(
     model = NanoOCR(cfg)
     assert {param_part(n) for n, _ in model.named_parameters()} >= {"ctc_head", "sam", "gpt"}
     cm = ComposerNanoOCR(model, {"start_id": START, "end_id": END, "skip_ids": frozenset()}).train()
-    batch = toy_batch(64)
+    batch = toy_batch(63)
     out = cm.loss(cm(batch), batch)
     assert set(out) == {"total", "ce", "ctc"}
     ce = model(batch["ids"], batch["targets"], batch["images"])
@@ -124,6 +121,21 @@ def test_composer_model_returns_ce_and_ctc_and_the_gradient_reaches_the_encoder(
     assert float(model.sam.patch_embed.proj.weight.grad.abs().max()) > 0
 
 
+def test_the_moe_balancing_loss_stays_in_the_total_with_the_ctc_head():
+    """DeepSeek-OCR's decoder adds its load-balancing loss to the training loss; with the CTC head the "ce" entry
+    (and so the total) still holds it: the same forward without the head's targets gives the same scalar."""
+    cfg = build_config("deepseek_ocr_tiny", ctc_upsample=1)
+    torch.manual_seed(3)
+    model = NanoOCR(cfg)
+    cm = ComposerNanoOCR(model, {"start_id": START, "end_id": END, "skip_ids": frozenset()}).train()
+    batch = toy_batch(cfg.image_token_id)
+    out = cm(batch)
+    assert float(model.gpt.aux_loss) > 0
+    cm.ctc_ids = None  # the same model and batch without CTC targets: the scalar path, CE + the MoE term
+    torch.testing.assert_close(out["ce"], cm(batch).detach())
+    torch.testing.assert_close(out["total"], out["ce"] + out["ctc"])
+
+
 def test_a_model_with_a_ctc_head_needs_the_token_ids():
     import pytest
     model = NanoOCR(build_config("nano", gpt={"vocab_size": 64}, image_token_id=63, ctc_upsample=2))
@@ -133,21 +145,14 @@ def test_a_model_with_a_ctc_head_needs_the_token_ids():
         build_config("nano", gpt={"vocab_size": 64}, image_token_id=63, ctc_upsample=1000)
 
 
-def test_reads_ctc_yaml_shrunk_logs_both_losses(tmp_path):
-    """yamls/reads_ctc.yaml as written, shrunk: its data sets pre-built small, a few batches; both losses logged,
-    the CTC loss finite and positive, the export loads without the trainer."""
-    from nanoocr.data.convert import main as convert
-    from nanoocr.train.config import load_config
+def test_reads_ctc_yaml_shrunk_logs_both_losses(tmp_path, shrunk_reads):
+    """yamls/reads_ctc.yaml as written, shrunk: its data sets pre-built small, a few batches; both losses logged
+    every batch, the CTC loss finite and positive; the final greedy eval ran on the unseen-words set."""
     from nanoocr.train.recipe import train
     data, run = tmp_path / "reads", tmp_path / "run"
-    for spec, sub in (("reading:16:0", "train"), ("reading_nonce:16:0", "nonce"), ("reading_nonce_words:16:0", "nonce_words"),
-                      ("reading_unseen_words:2:1", "unseen_words"), ("reading_unseen_fonts:2:2", "unseen_fonts")):
-        assert convert(["--input", f"synthetic:{spec}", "--out", str(data / sub)]) in (0, None)
-    cfg = load_config(str(ROOT / "yamls/reads_ctc.yaml"), [
-        f"variables.data_dir={data}", f"run_folder={run}", "save_folder=null", "progress_bar=false",
-        "max_duration=3ba", "device_train_batch_size=4", "eval_interval=3ba", "eval_subset_num_batches=1",
-        "tokenizer.train_vocab_size=300", "callbacks.vision_collapse.probes=4",
-        "callbacks.generation_eval={interval: 3, samples: 2, max_new_tokens: 4}", "final_eval.max_new_tokens=4"])
+    cfg = shrunk_reads("reads_ctc.yaml", data, run, {
+        "train": "reading:16:0", "nonce": "reading_nonce:16:0", "nonce_words": "reading_nonce_words:16:0",
+        "unseen_words": "reading_unseen_words:2:1", "unseen_fonts": "reading_unseen_fonts:2:2"})
     train(cfg)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     ctc = [r["loss/train/ctc"] for r in rows if "loss/train/ctc" in r]

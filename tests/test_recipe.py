@@ -364,19 +364,12 @@ def test_train_modules_import_without_cycles():
 
 
 @pytest.mark.slow
-def test_reads_yaml_shrunk_trains_every_part_and_evaluates_unseen_words(tmp_path):
+def test_reads_yaml_shrunk_trains_every_part_and_evaluates_unseen_words(tmp_path, shrunk_reads):
     """yamls/reads.yaml as written, shrunk: its data sets pre-built small (build_data then skips them), a few
     batches, the final greedy eval on the unseen-words set with chars per vision token."""
-    from nanoocr.data.convert import main as convert
     data, run = tmp_path / "reads", tmp_path / "run"
-    for spec, sub in (("reading:24:0", "train"), ("reading_unseen_words:4:1", "unseen_words"),
-                      ("reading_unseen_fonts:4:2", "unseen_fonts")):
-        assert convert(["--input", f"synthetic:{spec}", "--out", str(data / sub)]) in (0, None)
-    cfg = load_config(str(ROOT / "yamls/reads.yaml"), [
-        f"variables.data_dir={data}", f"run_folder={run}", "save_folder=null", "progress_bar=false",
-        "max_duration=3ba", "device_train_batch_size=4", "eval_interval=3ba", "eval_subset_num_batches=1",
-        "tokenizer.train_vocab_size=300", "callbacks.vision_collapse.probes=4",
-        "callbacks.generation_eval={interval: 3, samples: 2, max_new_tokens: 4}", "final_eval.max_new_tokens=4"])
+    cfg = shrunk_reads("reads.yaml", data, run, {"train": "reading:24:0", "unseen_words": "reading_unseen_words:4:1",
+                                                 "unseen_fonts": "reading_unseen_fonts:4:2"})
     from nanoocr.train.recipe import train
     train(cfg)
     summary = json.loads((run / "eval.json").read_text())["summary"]

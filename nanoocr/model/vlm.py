@@ -371,10 +371,10 @@ class NanoOCR(nn.Module):
             raise ValueError("ctc_answers needs images and a CTC head (ctc_upsample > 0)")
         with autocast(self.autocast_dtype, ids.device.type):
             vision, grids = None, None
-            if images is not None and ctc_answers is not None:
-                vision, grids = self.encode_images(images, crops, tiles, with_global=True)
-            elif images is not None:
-                vision = self.encode_images(images, crops, tiles)
+            if images is not None:
+                vision = self.encode_images(images, crops, tiles, with_global=ctc_answers is not None)
+                if ctc_answers is not None:
+                    vision, grids = vision
             x = self.embed(ids, vision)
             if vision is None and self.training and torch.is_grad_enabled():
                 x = x + 0.0 * self._vision_touch()

@@ -10,7 +10,8 @@ The model itself (nanoocr.model.vlm) runs without Composer; this file only adapt
   when the experts are balanced: 0.011 for the released 11 layers at alpha 0.001; `model.gpt.aux_loss_alpha: 0`
   turns it off).
 - with the model's CTC reading head (`model.vlm.ctc_upsample`, nanoocr/model/ctc.py) training's forward returns
-  {"total": cross-entropy + ctc_weight * ctc, "ce", "ctc"}: Composer steps on `total` and logs each as
+  {"total": ce + ctc_weight * ctc, "ce": the decoder's loss (cross-entropy, + the MoE term where there is one),
+  "ctc"}: Composer steps on `total` and logs each as
   `loss/train/<key>`. The CTC targets are read from the batch's ids/targets with the tokenizer's ids (`ctc_ids`:
   assistant start/end and the tokens holding a newline), given by the recipe.
 - metrics: LanguageCrossEntropy and token accuracy (MaskedAccuracy), both ignoring -1, in eval only. No train
@@ -56,14 +57,16 @@ class ComposerNanoOCR(ComposerModel):
         if training and self.ctc_ids and batch.get("images") is not None:
             answers = answer_targets(batch["ids"], batch["targets"], self.model.config.image_token_id, **self.ctc_ids)
         if answers is not None:
-            ce, ctc = self.model(batch["ids"], batch["targets"], batch["images"], batch.get("crops"),
-                                 batch.get("tiles"), ctc_answers=answers)
-            return {"total": ce + self.model.config.ctc_weight * ctc, "ce": ce.detach(), "ctc": ctc.detach()}
-        out = self._run(batch, batch["targets"] if training else None)
+            out, ctc = self.model(batch["ids"], batch["targets"], batch["images"], batch.get("crops"),
+                                  batch.get("tiles"), ctc_answers=answers)
+        else:
+            out, ctc = self._run(batch, batch["targets"] if training else None), None
         aux = getattr(self.model.gpt, "aux_loss", None)  # set by this forward (DeepseekDecoder, training) or None
         if out.ndim == 0 and aux is not None:
             out = out + aux.to(out.dtype)
-        return out
+        if ctc is None:
+            return out
+        return {"total": out + self.model.config.ctc_weight * ctc, "ce": out.detach(), "ctc": ctc.detach()}
 
     def loss(self, outputs: torch.Tensor | dict, batch: dict) -> torch.Tensor | dict:
         if isinstance(outputs, dict) or outputs.ndim == 0:  # forward computed it (training)
