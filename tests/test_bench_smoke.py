@@ -8,6 +8,7 @@ in this process. memory.py starts a fresh process per configuration itself: 20 s
 under load, so it is marked slow. The whole file: 40-70 s on 2 cores (idle - loaded)."""
 import importlib.util
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -213,3 +214,15 @@ def test_vision_share(bench, tmp_path, capsys):
     for row in rows:
         c73, cgrid, norm, part, share = map(float, row[1:6])
         assert -1 <= c73 <= 1 and -1 <= cgrid <= 1 and norm > part > 0 and 0 < share <= 1, row
+
+
+@pytest.mark.parametrize("source", ["sam", "tokens"])
+def test_glyph_probe(bench, capsys, source):
+    """Two training steps of the encoder-only CTC probe: a table row per evaluation, CER and losses finite."""
+    assert bench("glyph_probe", "--source", source, "--train", 4, "--val", 2, "--steps", 2, "--every", 1,
+                 "--batch", 2) == 0
+    rows = [r for r in table_rows(capsys.readouterr().out, "") if r[0].isdigit()]
+    assert [int(r[0]) for r in rows] == [0, 1, 2], rows
+    for row in rows:
+        val, score = float(row[3]), float(row[4])
+        assert math.isfinite(val) and val > 0 and score >= 0, row

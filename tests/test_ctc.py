@@ -1,9 +1,10 @@
 """The CTC reading head (nanoocr/model/ctc.py): targets read from a batch, frame order, the loss against the CTC
-forward recursion written out here (Graves et al. 2006, eq. 6-8), the model and Composer wiring, and
-yamls/reads_ctc.yaml shrunk."""
+forward recursion written out here (Graves et al. 2006, eq. 6-8), the model and Composer wiring, the head on SAM's
+16 px grid (`ctc_source: sam`), and yamls/reads_ctc.yaml / reads_sam_ctc.yaml shrunk."""
 import json
 import math
 
+import pytest
 import torch
 
 from nanoocr.model.ctc import CTCHead, answer_targets
@@ -136,21 +137,58 @@ def test_the_moe_balancing_loss_stays_in_the_total_with_the_ctc_head():
     torch.testing.assert_close(out["total"], out["ce"] + out["ctc"])
 
 
+def test_sam_source_reads_the_neck_column_maxima_and_leaves_the_tokens_alone():
+    cfg = build_config("nano", gpt={"vocab_size": 64}, image_token_id=63, ctc_upsample=4, ctc_source="sam")
+    torch.manual_seed(4)
+    model = NanoOCR(cfg).eval()
+    images = torch.rand(2, 3, 128, 128) * 2 - 1  # an 8 x 8 neck grid, a 2 x 2 token grid
+    with torch.no_grad():
+        vision, columns = model.encode_images(images, with_ctc=True)
+        neck = model.sam.forward_neck(images)  # (2, neck_dim, 8, 8)
+        plain = model.encode_images(images)
+    assert model.ctc_head.proj.in_features == cfg.sam.neck_dim
+    assert columns.shape == (2, 8, cfg.sam.neck_dim)
+    for n in range(2):  # column j of image n: the largest of its 8 rows, channel by channel
+        for j in range(8):
+            ref = torch.tensor([max(float(neck[n, c, i, j]) for i in range(8)) for c in range(cfg.sam.neck_dim)])
+            torch.testing.assert_close(columns[n, j], ref)
+    torch.testing.assert_close(vision, plain, rtol=0, atol=0)
+
+
+def test_sam_source_gradient_stops_at_the_neck():
+    """The head on SAM's grid trains SAM's blocks and neck; the compressor, CLIP and projector get nothing from it."""
+    cfg = build_config("nano", gpt={"vocab_size": 64}, image_token_id=63, ctc_upsample=4, ctc_source="sam")
+    model = NanoOCR(cfg)
+    batch = toy_batch(63)
+    answers = answer_targets(batch["ids"], batch["targets"], 63, START, END, frozenset())
+    _, ctc = model.train()(batch["ids"], batch["targets"], batch["images"], ctc_answers=answers)
+    assert float(ctc) > 0
+    grads = torch.autograd.grad(ctc, list(model.parameters()), allow_unused=True)
+    by_part = {}
+    for (name, _), g in zip(model.named_parameters(), grads):
+        by_part.setdefault(param_part(name), []).append(0.0 if g is None else float(g.abs().max()))
+    assert max(by_part["sam"]) > 0 and max(by_part["ctc_head"]) > 0
+    for part in ("compressor", "clip", "projector", "gpt"):
+        assert max(by_part[part]) == 0, part
+
+
 def test_a_model_with_a_ctc_head_needs_the_token_ids():
-    import pytest
     model = NanoOCR(build_config("nano", gpt={"vocab_size": 64}, image_token_id=63, ctc_upsample=2))
     with pytest.raises(ValueError, match="ctc_ids"):
         ComposerNanoOCR(model)
     with pytest.raises(ValueError, match="ctc_upsample"):
         build_config("nano", gpt={"vocab_size": 64}, image_token_id=63, ctc_upsample=1000)
+    with pytest.raises(ValueError, match="ctc_source"):
+        build_config("nano", gpt={"vocab_size": 64}, image_token_id=63, ctc_upsample=2, ctc_source="clip")
 
 
-def test_reads_ctc_yaml_shrunk_logs_both_losses(tmp_path, shrunk_reads):
-    """yamls/reads_ctc.yaml as written, shrunk: its data sets pre-built small, a few batches; both losses logged
-    every batch, the CTC loss finite and positive; the final greedy eval ran on the unseen-words set."""
+@pytest.mark.parametrize("yaml", ["reads_ctc.yaml", "reads_sam_ctc.yaml"])
+def test_reads_ctc_yaml_shrunk_logs_both_losses(tmp_path, shrunk_reads, yaml):
+    """The CTC YAMLs as written, shrunk: their data sets pre-built small, a few batches; both losses logged every
+    batch, the CTC loss finite and positive; the final greedy eval ran on the unseen-words set."""
     from nanoocr.train.recipe import train
     data, run = tmp_path / "reads", tmp_path / "run"
-    cfg = shrunk_reads("reads_ctc.yaml", data, run, {
+    cfg = shrunk_reads(yaml, data, run, {
         "train": "reading:16:0", "nonce": "reading_nonce:16:0", "nonce_words": "reading_nonce_words:16:0",
         "unseen_words": "reading_unseen_words:2:1", "unseen_fonts": "reading_unseen_fonts:2:2"})
     train(cfg)

@@ -1,4 +1,4 @@
-"""A CTC reading head on the vision tokens: a training signal for the encoder that does not pass through the GPT.
+"""A CTC reading head on the global view: a training signal for the encoder that does not pass through the GPT.
 
 Why (BENCHMARKS.md "It reads?"): trained from scratch, the GPT first learns the text's statistics and ignores the
 image; the only gradient reaching the encoder is then "be the image that helps an image-blind language model",
@@ -10,6 +10,13 @@ GPT reads, before the newline vectors) is expanded to `upsample` frames by one l
 row-major order are scored by CTC against the answer's tokens. A token of the tiny view covers 64 x 64 pixels
 (3-5 characters of 24 px text), so one frame per token is too few; 8 frames x 64 tokens = 512 >= any one-line
 answer of the curriculum.
+
+What the head reads is `VLMConfig.ctc_source` (NanoOCR.encode_images(..., with_ctc=True) hands it over): "tokens" is
+the above; "sam" is SAM's 16 px grid (the neck, before the compressor), max over each column, so one left-to-right
+sequence of S/16 positions as a CRNN reads a line, `upsample` frames each. Encoder-only, the nano SAM learns to
+read nonce words from the "sam" source and stays on the CTC plateau from the "tokens" one
+(recipes/bench/glyph_probe.py, BENCHMARKS.md "Can the encoder learn glyphs at all?"); its gradient stops at the
+neck: the compressor, CLIP and projector learn from the GPT only.
 
 Only single-line answers are targets: the frames run row-major over the token grid, and the lines of a block share
 token rows, so a block's reading order is not a monotonic path through the frames. Rows holding more than one

@@ -376,7 +376,9 @@ class SAMEncoder(nn.Module):
             x = blk(x)
         return self.neck(x.permute(0, 3, 1, 2))  # (B, neck_dim, h, w)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, out_chans, H/64, W/64)."""
+    def forward(self, pixels: torch.Tensor, with_neck: bool = False):
+        """(B, 3, H, W) -> (B, out_chans, H/64, W/64); with_neck: also the neck's (B, neck_dim, H/16, W/16), what
+        a CTC head on the 16 px grid reads (through the module call, so FSDP/checkpoint wrappers still apply)."""
         x = self.forward_neck(pixels)
-        return self.net_3(self.net_2(x))
+        out = self.net_3(self.net_2(x))
+        return (out, x) if with_neck else out

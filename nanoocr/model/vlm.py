@@ -66,6 +66,7 @@ from nanoocr.model.sam import LayerNorm2d, SAMConfig, SAMEncoder
 COMPRESSION = 4  # net_2 and net_3 (stride 2 each) shrink SAM's patch grid 4x per side: 16x fewer tokens
 # The language model choices: config dataclass and module of `VLMConfig.gpt` / `NanoOCR.gpt` per `decoder`.
 DECODERS = {"gpt": (GPTConfig, GPT), "deepseek": (DeepseekDecoderConfig, DeepseekDecoder)}
+CTC_SOURCES = ("tokens", "sam")  # what the CTC head reads (VLMConfig.ctc_source)
 
 
 @dataclass
@@ -80,10 +81,13 @@ class VLMConfig:
     # nanoocr/model/lora.py). A training choice: NanoOCR(config) builds the plain model, the recipe adds the
     # adapters after the pretrained weights are in (nanoocr.train.build), and an export merges them (None there).
     lora: dict | None = None
-    # A CTC reading head on the global view's vision tokens (nanoocr/model/ctc.py), trained beside the GPT's loss:
-    # `ctc_upsample` frames per token (0 = no head), its loss weighted by `ctc_weight` in the training total.
+    # A CTC reading head on the global view (nanoocr/model/ctc.py), trained beside the GPT's loss: `ctc_upsample`
+    # frames per position (0 = no head), its loss weighted by `ctc_weight` in the training total. `ctc_source`:
+    # "tokens" reads the projected vision tokens row-major (64 px each); "sam" reads SAM's 16 px grid (the neck,
+    # before the compressor), max over each column: one left-to-right sequence, as a CRNN reads a line.
     ctc_upsample: int = 0
     ctc_weight: float = 1.0
+    ctc_source: str = "tokens"
 
     def __post_init__(self):
         if self.decoder not in DECODERS:
@@ -104,7 +108,9 @@ class VLMConfig:
         assert self.clip.dim == self.sam.out_chans, \
             f"CLIP reads SAM features as patch tokens: clip.dim {self.clip.dim} != sam.out_chans {self.sam.out_chans}"
         if not (isinstance(self.ctc_upsample, int) and 0 <= self.ctc_upsample <= 64):
-            raise ValueError(f"ctc_upsample must be an int in [0, 64] (frames per vision token), got {self.ctc_upsample!r}")
+            raise ValueError(f"ctc_upsample must be an int in [0, 64] (frames per position), got {self.ctc_upsample!r}")
+        if self.ctc_source not in CTC_SOURCES:
+            raise ValueError(f"ctc_source must be one of {CTC_SOURCES}, got {self.ctc_source!r}")
         assert 0 <= self.image_token_id < self.gpt.vocab_size, \
             f"image_token_id {self.image_token_id} outside the vocabulary (vocab_size {self.gpt.vocab_size})"
 
@@ -158,7 +164,8 @@ class NanoOCR(nn.Module):
         self.view_separator = nn.Parameter(torch.empty(n_embd))  # official weights: "view_seperator"
         self.gpt = DECODERS[config.decoder][1](config.gpt)  # the language model, whichever decoder
         if config.ctc_upsample:  # torch's Linear init (param_init_fn's generic branch does the same)
-            self.ctc_head = CTCHead(n_embd, config.gpt.vocab_size, config.ctc_upsample)
+            width = config.sam.neck_dim if config.ctc_source == "sam" else n_embd
+            self.ctc_head = CTCHead(width, config.gpt.vocab_size, config.ctc_upsample)
         self.init_weights()
         if config.activation_checkpointing:
             self.set_activation_checkpointing(True)
@@ -283,18 +290,20 @@ class NanoOCR(nn.Module):
 
     # ---- the model ----------------------------------------------------------------------------------
 
-    def encode_views(self, pixels):
-        """(B, 3, S, S) -> (B, nq*nq, n_embd) projected vision vectors of square views, row-major.
+    def encode_views(self, pixels, with_neck=False):
+        """(B, 3, S, S) -> (B, nq*nq, n_embd) projected vision vectors of square views, row-major; with_neck:
+        also SAM's neck (B, neck_dim, S/16, S/16).
 
         Pixels are floats in [-1, 1], or uint8 0..255 (what the data loader ships), normalized here with
         the ops of images.to_tensor (ToTensor + Normalize(0.5, 0.5)), so both give the same result."""
         if pixels.dtype == torch.uint8:
             pixels = pixels.float().div_(255).sub_(0.5).div_(0.5)
         pixels = pixels.to(self.projector.weight.dtype)
-        sam_out = self.sam(pixels)  # (B, Cs, nq, nq)
+        sam_out, neck = self.sam(pixels, with_neck=True) if with_neck else (self.sam(pixels), None)  # (B, Cs, nq, nq)
         clip_out = self.clip(sam_out)  # (B, 1 + nq*nq, Cc)
         fused = torch.cat([clip_out[:, 1:], sam_out.flatten(2).transpose(1, 2)], dim=-1)  # (B, nq*nq, Cc + Cs)
-        return self.projector(fused)
+        out = self.projector(fused)
+        return (out, neck) if with_neck else out
 
     def _with_newlines(self, grid):
         # grid (R, W, C) -> (R * (W + 1), C): a learned newline vector after every row
@@ -302,10 +311,11 @@ class NanoOCR(nn.Module):
         newline = self.image_newline.to(grid.dtype).expand(R, 1, C)
         return torch.cat([grid, newline], dim=1).flatten(0, 1)
 
-    def encode_images(self, images, crops=None, tiles=None, with_global=False):
+    def encode_images(self, images, crops=None, tiles=None, with_ctc=False):
         """images (N, 3, S, S); crops (M, 3, s, s) | None; tiles (N, 2) (w_tiles, h_tiles) | None
-        -> (sum_i tokens_i, n_embd): per image [local + newlines, global + newlines, separator]; with_global:
-        also the global views' grids (N, nq*nq, n_embd), what the CTC head reads."""
+        -> (sum_i tokens_i, n_embd): per image [local + newlines, global + newlines, separator]; with_ctc: also
+        what the CTC head reads of the global views (`ctc_source`): their token grids (N, nq*nq, n_embd), row-major,
+        or SAM's 16 px grid, max over each column (N, S/16, neck_dim), left to right."""
         assert images.ndim == 4, f"images must be (N, 3, S, S), got {tuple(images.shape)}"
         N = images.shape[0]
         tiles = [(1, 1)] * N if tiles is None else [tuple(t) for t in torch.as_tensor(tiles).tolist()]
@@ -316,7 +326,12 @@ class NanoOCR(nn.Module):
         if sum(n_crops) != given:
             raise ValueError(f"tiles {tiles} need {sum(n_crops)} crops, but {given} crops were given")
 
-        flat = self.encode_views(images)  # (N, nq*nq, C)
+        if with_ctc and self.config.ctc_source == "sam":
+            flat, neck = self.encode_views(images, with_neck=True)  # (N, nq*nq, C), (N, Cn, h, w)
+            ctc_in = neck.amax(dim=2).transpose(1, 2)  # max over the rows: (N, w, Cn), left to right
+        else:
+            flat = self.encode_views(images)  # (N, nq*nq, C)
+            ctc_in = flat
         nq = math.isqrt(flat.shape[1])
         g = flat.view(N, nq, nq, -1)
         if given:
@@ -333,7 +348,7 @@ class NanoOCR(nn.Module):
                 k += n_crops[i]
             out.append(self._with_newlines(g[i]))
             out.append(self.view_separator.to(g.dtype)[None])
-        return (torch.cat(out), flat) if with_global else torch.cat(out)  # (sum_i tokens_i, C)
+        return (torch.cat(out), ctc_in) if with_ctc else torch.cat(out)  # (sum_i tokens_i, C)
 
     def _check_counts(self, ids, vision):
         n_pos = int((ids == self.config.image_token_id).sum())
@@ -372,7 +387,7 @@ class NanoOCR(nn.Module):
         with autocast(self.autocast_dtype, ids.device.type):
             vision, grids = None, None
             if images is not None:
-                vision = self.encode_images(images, crops, tiles, with_global=ctc_answers is not None)
+                vision = self.encode_images(images, crops, tiles, with_ctc=ctc_answers is not None)
                 if ctc_answers is not None:
                     vision, grids = vision
             x = self.embed(ids, vision)
