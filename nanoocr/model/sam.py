@@ -135,7 +135,10 @@ def rel_pos_attention(q, k, v, rel_h, rel_w) -> torch.Tensor:
 # bias it falls back to the math path, which materializes the (B, nH, N, N) bias, scores and probabilities
 # and runs several extra full passes over them (-inf checks of its "safe" softmax). RelPosAttention below
 # does the same math a block of queries at a time, each block's scores small enough to stay in cache
-# (this many floats: 2 MB), and recomputes the probabilities in backward from the log-sum-exp.
+# (this many floats: 2 MB), and recomputes the probabilities in backward from the log-sum-exp. Under bf16 autocast
+# the matmuls run in bf16 (AMX / AVX-512 BF16) while the scores, the softmax and the gradient sums stay fp32:
+# 2-4x closer to the float64 result than all-bf16 (about as close as torch's SDPA in bf16), and faster, since CPU
+# elementwise passes over bf16 run at about half the fp32 speed (BENCHMARKS.md "SAM rel-pos attention in training").
 SCORE_BLOCK_ELEMENTS = 512 * 1024
 
 
@@ -151,8 +154,10 @@ def _blocks(G: int, N: int, n_keys: int):
 
 
 def _block_probs(qs, kT, rel_h, rel_w, g0, g1, q0, q1, kh, kw, lse=None):
-    """exp(scores - max) of one block (unnormalized, with its row max) or, given lse, the probabilities."""
+    """exp(scores - max) of one block (unnormalized, with its row max) or, given lse, the probabilities; fp32
+    whatever the dtype of qs and kT (rel_h, rel_w, lse: fp32)."""
     s = torch.bmm(qs[g0:g1, q0:q1], kT[g0:g1])  # (g, q, N) scaled q . k
+    s = s.to(torch.promote_types(s.dtype, torch.float32))  # bf16 -> fp32; fp32 / float64 stay
     grid = s.view(g1 - g0, q1 - q0, kh, kw)
     grid.add_(rel_h[g0:g1, q0:q1, :, None]).add_(rel_w[g0:g1, q0:q1, None, :])
     if lse is not None:
@@ -164,20 +169,23 @@ def _block_probs(qs, kT, rel_h, rel_w, g0, g1, q0, q1, kh, kw, lse=None):
 class RelPosAttention(torch.autograd.Function):
     """softmax(q k^T / sqrt(D) + rel_h[n, i] + rel_w[n, j]) v for key (i, j), blockwise (see above).
 
-    q, k, v: (G, N, D) contiguous; rel_h: (G, N, kh), rel_w: (G, N, kw), kh * kw = N. Returns (G, N, D)."""
+    q, k, v: (G, N, D) contiguous; rel_h: (G, N, kh), rel_w: (G, N, kw), kh * kw = N. Returns (G, N, D) in q's
+    dtype: the matmuls run in it, the scores, softmax and gradient sums in fp32 (see above)."""
 
     @staticmethod
     def forward(ctx, q, k, v, rel_h, rel_w):
         G, N, D = q.shape
         kh, kw = rel_h.shape[-1], rel_w.shape[-1]
+        wide = torch.promote_types(q.dtype, torch.float32)  # the scores' dtype
+        rel_h, rel_w = rel_h.to(wide), rel_w.to(wide)
         qs = q * D ** -0.5
         kT = k.transpose(1, 2).contiguous()
         out = torch.empty_like(q)
-        lse = q.new_empty(G, N)
+        lse = q.new_empty(G, N, dtype=wide)
         for g0, g1, q0, q1 in _blocks(G, N, N):
             p, m = _block_probs(qs, kT, rel_h, rel_w, g0, g1, q0, q1, kh, kw)
             total = p.sum(-1, keepdim=True)
-            out[g0:g1, q0:q1] = torch.bmm(p, v[g0:g1]).div_(total)
+            out[g0:g1, q0:q1] = torch.bmm(p.to(q.dtype), v[g0:g1]).div_(total)
             lse[g0:g1, q0:q1] = (m + total.log()).squeeze(-1)
         ctx.save_for_backward(qs, kT, v, rel_h, rel_w, out, lse)
         return out
@@ -186,24 +194,30 @@ class RelPosAttention(torch.autograd.Function):
     def backward(ctx, grad_out):
         qs, kT, v, rel_h, rel_w, out, lse = ctx.saved_tensors
         G, N, D = qs.shape
+        dtype, wide = qs.dtype, rel_h.dtype
         kh, kw = rel_h.shape[-1], rel_w.shape[-1]
         grad_out = grad_out.contiguous()
-        delta = (grad_out * out).sum(-1)  # (G, N): sum_k P dP, the softmax backward's row term
+        delta = (grad_out.to(wide) * out.to(wide)).sum(-1)  # (G, N): sum_k P dP, the softmax backward's row term
         vT = v.transpose(1, 2).contiguous()
         k = kT.transpose(1, 2)
-        dq, dk, dv = torch.empty_like(qs), torch.zeros_like(qs), torch.zeros_like(v)
+        dq, dk, dv = torch.empty_like(qs), torch.zeros_like(qs, dtype=wide), torch.zeros_like(v, dtype=wide)
         d_rel_h, d_rel_w = torch.empty_like(rel_h), torch.empty_like(rel_w)
         for g0, g1, q0, q1 in _blocks(G, N, N):
             p, _ = _block_probs(qs, kT, rel_h, rel_w, g0, g1, q0, q1, kh, kw, lse=lse)
             do = grad_out[g0:g1, q0:q1]
-            ds = torch.bmm(do, vT[g0:g1]).sub_(delta[g0:g1, q0:q1, None]).mul_(p)  # grad of the scores
+            ds = torch.bmm(do, vT[g0:g1]).to(wide).sub_(delta[g0:g1, q0:q1, None]).mul_(p)  # grad of the scores
             grid = ds.view(g1 - g0, q1 - q0, kh, kw)
             d_rel_h[g0:g1, q0:q1] = grid.sum(-1)
             d_rel_w[g0:g1, q0:q1] = grid.sum(-2)
-            dv[g0:g1].baddbmm_(p.transpose(1, 2), do)
-            dk[g0:g1].baddbmm_(ds.transpose(1, 2), qs[g0:g1, q0:q1])
+            p, ds = p.to(dtype), ds.to(dtype)  # no-ops in fp32 / float64
+            if dtype == wide:  # accumulate in place
+                dv[g0:g1].baddbmm_(p.transpose(1, 2), do)
+                dk[g0:g1].baddbmm_(ds.transpose(1, 2), qs[g0:g1, q0:q1])
+            else:  # baddbmm_ cannot add a bf16 product into the fp32 sum
+                dv[g0:g1] += torch.bmm(p.transpose(1, 2), do)
+                dk[g0:g1] += torch.bmm(ds.transpose(1, 2), qs[g0:g1, q0:q1])
             dq[g0:g1, q0:q1] = torch.bmm(ds, k[g0:g1]).mul_(D ** -0.5)
-        return dq, dk, dv, d_rel_h, d_rel_w
+        return dq, dk.to(dtype), dv.to(dtype), d_rel_h.to(dtype), d_rel_w.to(dtype)
 
 
 def rel_pos_attention_blockwise(q, k, v, rel_h, rel_w) -> torch.Tensor:
