@@ -13,9 +13,9 @@ answer of the curriculum.
 
 What the head reads is `VLMConfig.ctc_source` (NanoOCR.encode_images(..., with_ctc=True) hands it over): "tokens" is
 the above; "sam" is SAM's 16 px grid (the neck, before the compressor), max over each column, so one left-to-right
-sequence of S/16 positions as a CRNN reads a line, `upsample` frames each. Encoder-only, the nano SAM learns to
-read nonce words from the "sam" source and stays on the CTC plateau from the "tokens" one
-(recipes/bench/glyph_probe.py, BENCHMARKS.md "Can the encoder learn glyphs at all?"); its gradient stops at the
+sequence of S/16 positions as a CRNN reads a line, `upsample` frames each. Encoder-only, the nano encoder learns
+nonce-word glyphs from the "sam" source (CER 0.85 after 1000 steps, falling) and stays on the CTC plateau from the
+"tokens" one, 8 frames per token (CER 0.99) (recipes/bench/glyph_probe.py, BENCHMARKS.md "Can the encoder learn glyphs at all?"); its gradient stops at the
 neck: the compressor, CLIP and projector learn from the GPT only.
 
 Only single-line answers are targets: the frames run row-major over the token grid, and the lines of a block share
