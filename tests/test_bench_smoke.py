@@ -97,6 +97,18 @@ def test_attention(bench, capsys):
         assert float(row[-1]) < 1e-4, f"blockwise vs SDPA differ: {row}"
 
 
+def test_attention_bf16(bench, capsys):
+    """--dtype bf16: each path's error against float64 SDPA, ours first, SDPA's in parentheses."""
+    assert bench("attention", "--batch", 1, "--heads", 1, "--head-dim", 16, "--grid", 16, "--runs", 1,
+                 "--dtype", "bf16") == 0
+    out = capsys.readouterr().out
+    rows = table_rows(out, "global 16x16") + table_rows(out, "windows 14x14")
+    assert len(rows) == 2, rows
+    for row in rows:
+        ours, sdpa = re.fullmatch(r"(\S+) \(SDPA: (\S+)\)", row[-1]).groups()
+        assert 0 < float(ours) < 0.05 and 0 < float(sdpa) < 0.05, row
+
+
 def test_encoder(bench, capsys):
     assert bench("encoder", "--tiny", "--runs", 1, "--warmup", 1) == 0
     out = capsys.readouterr().out

@@ -154,8 +154,8 @@ def _blocks(G: int, N: int, n_keys: int):
 
 
 def _block_probs(qs, kT, rel_h, rel_w, g0, g1, q0, q1, kh, kw, lse=None):
-    """exp(scores - max) of one block (unnormalized, with its row max) or, given lse, the probabilities; fp32
-    whatever the dtype of qs and kT (rel_h, rel_w, lse: fp32)."""
+    """exp(scores - max) of one block (unnormalized, with its row max) or, given lse, the probabilities; in fp32
+    for bf16 qs and kT, else in their dtype (rel_h, rel_w, lse: already in that one)."""
     s = torch.bmm(qs[g0:g1, q0:q1], kT[g0:g1])  # (g, q, N) scaled q . k
     s = s.to(torch.promote_types(s.dtype, torch.float32))  # bf16 -> fp32; fp32 / float64 stay
     grid = s.view(g1 - g0, q1 - q0, kh, kw)

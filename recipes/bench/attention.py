@@ -32,6 +32,11 @@ def fwd_bwd(fn, inputs, grad_out):
     return time.perf_counter() - t0, out.detach(), [t.grad for t in inputs]
 
 
+def rel_diff(got, ref) -> float:
+    """Largest difference over the tensors of `got` and `ref` (float64), relative to each one's largest value."""
+    return max(float((a.double() - b).abs().max() / b.abs().max()) for a, b in zip(got, ref))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=4, help="images")
@@ -64,8 +69,6 @@ def main(argv=None) -> int:
                 if run:
                     times[which].append(t)
                 results[which] = [out, *grads]
-        def rel_diff(got, ref):
-            return max(float((a.double() - b).abs().max() / b.abs().max()) for a, b in zip(got, ref))
         if dtype == torch.float32:
             diff = f"{rel_diff(results['blockwise'], [t.double() for t in results['sdpa']]):.1e}"
         else:
