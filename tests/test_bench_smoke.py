@@ -238,3 +238,25 @@ def test_glyph_probe(bench, capsys, source):
     for row in rows:
         val, score = float(row[3]), float(row[4])
         assert math.isfinite(val) and val > 0 and score >= 0, row
+
+
+def test_glyph_probe_saves_an_encoder_the_recipe_loads(bench, tmp_path):
+    """--save writes the trained encoder under the released names: model.pretrained.deepseek's loader puts every
+    tensor back (strict: nothing missing or left over), equal to what the probe wrote, and the probe did train it
+    (its SAM differs from a fresh one of the same seed)."""
+    from safetensors.torch import load_file
+    from nanoocr.model.presets import build_config
+    from nanoocr.model.pretrained import load_deepseek_vision
+    from nanoocr.model.vlm import NanoOCR
+
+    out = tmp_path / "vision.safetensors"
+    assert bench("glyph_probe", "--train", 4, "--val", 2, "--steps", 2, "--every", 2, "--batch", 2,
+                 "--sam-global", "--save", out) == 0
+    torch.manual_seed(0)
+    model = NanoOCR(build_config("nano", sam={"global_attn_indexes": ()}))
+    key = "model.sam_model.blocks.0.attn.qkv.weight"
+    saved = load_file(out)
+    assert not torch.equal(model.sam.blocks[0].attn.qkv.weight, saved[key])
+    report = load_deepseek_vision(model, out)
+    assert report.loaded == len(saved) and not report.missing and not report.unexpected
+    assert torch.equal(model.sam.blocks[0].attn.qkv.weight, saved[key])

@@ -25,8 +25,10 @@ import shlex
 import string
 import sys
 import time
+from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from common import cpu_model  # recipes/bench/common.py
 from nanoocr.data import reading
@@ -35,6 +37,9 @@ from nanoocr.eval.metrics import cer
 from nanoocr.model.ctc import CTCHead
 from nanoocr.model.presets import build_config
 from nanoocr.model.vlm import CTC_SOURCES, NanoOCR
+from nanoocr.train.export import released_name
+
+VISION_PARTS = ("sam.", "clip.", "projector.", "image_newline", "view_separator")
 
 ALPHABET = string.ascii_letters + string.digits + " ,."  # every character the curriculum's single lines use
 
@@ -71,12 +76,25 @@ def greedy(head: CTCHead, feats: torch.Tensor) -> list[str]:
     return out
 
 
+def save_vision(model: NanoOCR, path: str) -> None:
+    """The encoder's tensors (SAM with its compressor, CLIP, projector, newline and separator) under the released
+    checkpoint's names, which `nanoocr.model.pretrained.load_deepseek_vision` reads back."""
+    vision = {released_name(k): t.detach().contiguous() for k, t in model.state_dict().items()
+              if k.startswith(VISION_PARTS)}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(vision, path)
+    print(f"wrote {len(vision)} vision tensors to {path}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--source", choices=CTC_SOURCES, default="sam")
     ap.add_argument("--preset", default="nano")
     ap.add_argument("--gen", default="reading_nonce_words", help="a reading generator with single-line answers")
     ap.add_argument("--mode", default="tiny")
+    ap.add_argument("--sam-global", type=int, nargs="*", default=None, metavar="I",
+                    help="SAM's global-attention blocks (default: the preset's; none given: windows only, as "
+                         "yamls/reads_sam_ctc.yaml)")
     ap.add_argument("--train", type=int, default=4000, help="training images (rendered once, drawn with replacement)")
     ap.add_argument("--val", type=int, default=64, help="held-out images (seed 9)")
     ap.add_argument("--steps", type=int, default=1500)
@@ -86,9 +104,12 @@ def main(argv=None) -> int:
     ap.add_argument("--upsample", type=int, default=0, help="frames per position (0: 2 for sam, 4 for tokens)")
     ap.add_argument("--every", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save", help="write the trained vision encoder here (.safetensors, the released DeepSeek-OCR "
+                                   "names: a training YAML starts from it with model.pretrained.deepseek)")
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
-    cfg = build_config(args.preset, ctc_source=args.source)
+    sam = {} if args.sam_global is None else {"global_attn_indexes": tuple(args.sam_global)}
+    cfg = build_config(args.preset, ctc_source=args.source, sam=sam)
     model = NanoOCR(cfg).train()
     up = args.upsample or (2 if args.source == "sam" else 4)
     head = CTCHead(cfg.sam.neck_dim if args.source == "sam" else cfg.gpt.n_embd, len(ALPHABET), up)
@@ -130,6 +151,8 @@ def main(argv=None) -> int:
         opt.step()
         sched.step()
         window.append(float(loss))
+    if args.save:
+        save_vision(model, args.save)
     print(f"`python recipes/bench/glyph_probe.py {shlex.join(argv if argv is not None else sys.argv[1:])}` — "
           f"{datetime.date.today()}, {cpu_model()}, {torch.get_num_threads()} threads; {args.train} {args.gen} "
           f"images for training, {args.val} held out (rendered in {render_s:.0f} s), batch {args.batch}, "
