@@ -260,3 +260,10 @@ def test_glyph_probe_saves_an_encoder_the_recipe_loads(bench, tmp_path):
     report = load_deepseek_vision(model, out)
     assert report.loaded == len(saved) and not report.missing and not report.unexpected
     assert torch.equal(model.sam.blocks[0].attn.qkv.weight, saved[key])
+    # --init starts from such a file: with no steps, what it saves again is that file, tensor for tensor
+    again = tmp_path / "again.safetensors"
+    assert bench("glyph_probe", "--train", 2, "--val", 2, "--steps", 0, "--sam-global", "--seed", 5,
+                 "--init", out, "--save", again) == 0
+    resaved = load_file(again)
+    assert resaved.keys() == saved.keys()
+    assert all(torch.equal(resaved[k], saved[k]) for k in saved)

@@ -35,6 +35,7 @@ from nanoocr.data import reading
 from nanoocr.data.images import image_views, open_image
 from nanoocr.eval.metrics import cer
 from nanoocr.model.ctc import CTCHead
+from nanoocr.model.pretrained import load_deepseek_vision
 from nanoocr.model.presets import build_config
 from nanoocr.model.vlm import CTC_SOURCES, NanoOCR
 from nanoocr.train.export import released_name
@@ -104,6 +105,8 @@ def main(argv=None) -> int:
     ap.add_argument("--upsample", type=int, default=0, help="frames per position (0: 2 for sam, 4 for tokens)")
     ap.add_argument("--every", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init", help="start the encoder from this vision checkpoint (a --save of an earlier probe, or "
+                                   "the released DeepSeek-OCR's) instead of fresh")
     ap.add_argument("--save", help="write the trained vision encoder here (.safetensors, the released DeepSeek-OCR "
                                    "names: a training YAML starts from it with model.pretrained.deepseek)")
     args = ap.parse_args(argv)
@@ -111,6 +114,8 @@ def main(argv=None) -> int:
     sam = {} if args.sam_global is None else {"global_attn_indexes": tuple(args.sam_global)}
     cfg = build_config(args.preset, ctc_source=args.source, sam=sam)
     model = NanoOCR(cfg).train()
+    if args.init:
+        print(f"init: {load_deepseek_vision(model, args.init)}", file=sys.stderr)
     up = args.upsample or (2 if args.source == "sam" else 4)
     head = CTCHead(cfg.sam.neck_dim if args.source == "sam" else cfg.gpt.n_embd, len(ALPHABET), up)
     t0 = time.time()
@@ -121,8 +126,9 @@ def main(argv=None) -> int:
     params = [p for n, p in model.named_parameters() if not n.startswith(("gpt.", "image_newline", "view_separator"))]
     params += list(head.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    total = max(1, args.steps)  # --steps 0: only the held-out score of the starting encoder
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup)
-                                              * (0.1 + 0.45 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))))
+                                              * (0.1 + 0.45 * (1 + math.cos(math.pi * min(s, total) / total))))
 
     def features(pixels):
         return model.encode_images(pixels, with_ctc=True)[1]
@@ -156,7 +162,8 @@ def main(argv=None) -> int:
     print(f"`python recipes/bench/glyph_probe.py {shlex.join(argv if argv is not None else sys.argv[1:])}` — "
           f"{datetime.date.today()}, {cpu_model()}, {torch.get_num_threads()} threads; {args.train} {args.gen} "
           f"images for training, {args.val} held out (rendered in {render_s:.0f} s), batch {args.batch}, "
-          f"lr {args.lr}, source {args.source}, {up} frames per position\n")
+          f"lr {args.lr}, source {args.source}, {up} frames per position, encoder "
+          f"{'from ' + args.init if args.init else 'fresh'}\n")
     print("| step | seconds | train CTC per char (mean since the last row) | held-out CTC per char | held-out CER | "
           "first held-out image |")
     print("|---:|---:|---:|---:|---:|---|")
