@@ -2,8 +2,10 @@
 
     python recipes/bench/glyph_probe.py --source sam --steps 1500
     python recipes/bench/glyph_probe.py --source tokens --steps 1500
+    python recipes/bench/glyph_probe.py --source sam --sam-global --save runs/probe_sam/vision.safetensors
+    python recipes/bench/glyph_probe.py --source tokens --sam-global --init runs/probe_sam/vision.safetensors
 
-A fresh encoder of --preset (SAM, compressor, CLIP, projector) reads the images of a reading-curriculum generator
+A fresh encoder of --preset (SAM, compressor, CLIP, projector; or one from --init) reads the images of a reading-curriculum generator
 (nanoocr/data/reading.py; default reading_nonce_words: 1-3 random letter strings, so nothing but the image tells
 the letters) through `NanoOCR.encode_images(..., with_ctc=True)`, the input of the model's CTC head
 (`model.vlm.ctc_source`): "tokens" = the projected 64 px vision tokens, row-major; "sam" = SAM's 16 px neck grid,
