@@ -155,6 +155,27 @@ def test_sam_source_reads_the_neck_column_maxima_and_leaves_the_tokens_alone():
     torch.testing.assert_close(vision, plain, rtol=0, atol=0)
 
 
+def test_columns_source_reads_the_token_grid_column_maxima():
+    """"columns": the projected tokens of the global view (what the GPT reads, without the newline and separator
+    vectors), max over each column of the token grid, left to right; the vision sequence itself is unchanged."""
+    cfg = build_config("nano", gpt={"vocab_size": 64}, image_token_id=63, ctc_upsample=4, ctc_source="columns")
+    torch.manual_seed(5)
+    model = NanoOCR(cfg).eval()
+    images = torch.rand(2, 3, 256, 256) * 2 - 1  # a 4 x 4 token grid
+    with torch.no_grad():
+        vision, columns = model.encode_images(images, with_ctc=True)
+        plain = model.encode_images(images)
+    C = cfg.gpt.n_embd
+    assert model.ctc_head.proj.in_features == C and columns.shape == (2, 4, C)
+    per_image = 4 * 5 + 1  # 4 rows of 4 tokens + a newline each, then the separator
+    for n in range(2):
+        grid = plain[n * per_image:(n + 1) * per_image - 1].view(4, 5, C)[:, :4]  # (rows, columns, C)
+        for j in range(4):
+            ref = torch.tensor([max(float(grid[i, j, c]) for i in range(4)) for c in range(C)])
+            torch.testing.assert_close(columns[n, j], ref)
+    torch.testing.assert_close(vision, plain, rtol=0, atol=0)
+
+
 def test_sam_source_gradient_stops_at_the_neck():
     """The head on SAM's grid trains SAM's blocks and neck; the compressor, CLIP and projector get nothing from it."""
     cfg = build_config("nano", gpt={"vocab_size": 64}, image_token_id=63, ctc_upsample=4, ctc_source="sam")

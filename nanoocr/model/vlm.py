@@ -66,7 +66,7 @@ from nanoocr.model.sam import LayerNorm2d, SAMConfig, SAMEncoder
 COMPRESSION = 4  # net_2 and net_3 (stride 2 each) shrink SAM's patch grid 4x per side: 16x fewer tokens
 # The language model choices: config dataclass and module of `VLMConfig.gpt` / `NanoOCR.gpt` per `decoder`.
 DECODERS = {"gpt": (GPTConfig, GPT), "deepseek": (DeepseekDecoderConfig, DeepseekDecoder)}
-CTC_SOURCES = ("tokens", "sam")  # what the CTC head reads (VLMConfig.ctc_source)
+CTC_SOURCES = ("tokens", "sam", "columns")  # what the CTC head reads (VLMConfig.ctc_source)
 
 
 @dataclass
@@ -84,7 +84,9 @@ class VLMConfig:
     # A CTC reading head on the global view (nanoocr/model/ctc.py), trained beside the GPT's loss: `ctc_upsample`
     # frames per position (0 = no head), its loss weighted by `ctc_weight` in the training total. `ctc_source`:
     # "tokens" reads the projected vision tokens row-major (64 px each); "sam" reads SAM's 16 px grid (the neck,
-    # before the compressor), max over each column: one left-to-right sequence, as a CRNN reads a line.
+    # before the compressor), max over each column: one left-to-right sequence, as a CRNN reads a line; "columns"
+    # reads the projected tokens so, max over each column of the token grid (a line straddling two token rows
+    # is still one left-to-right pass).
     ctc_upsample: int = 0
     ctc_weight: float = 1.0
     ctc_source: str = "tokens"
@@ -315,7 +317,8 @@ class NanoOCR(nn.Module):
         """images (N, 3, S, S); crops (M, 3, s, s) | None; tiles (N, 2) (w_tiles, h_tiles) | None
         -> (sum_i tokens_i, n_embd): per image [local + newlines, global + newlines, separator]; with_ctc: also
         what the CTC head reads of the global views (`ctc_source`): their token grids (N, nq*nq, n_embd), row-major,
-        or SAM's 16 px grid, max over each column (N, S/16, neck_dim), left to right."""
+        SAM's 16 px grid, max over each column (N, S/16, neck_dim), or the token grid so (N, nq, n_embd), both
+        left to right."""
         assert images.ndim == 4, f"images must be (N, 3, S, S), got {tuple(images.shape)}"
         N = images.shape[0]
         tiles = [(1, 1)] * N if tiles is None else [tuple(t) for t in torch.as_tensor(tiles).tolist()]
@@ -334,6 +337,8 @@ class NanoOCR(nn.Module):
             ctc_in = flat
         nq = math.isqrt(flat.shape[1])
         g = flat.view(N, nq, nq, -1)
+        if with_ctc and self.config.ctc_source == "columns":
+            ctc_in = g.amax(dim=1)  # max over the token rows: (N, nq, C), left to right
         if given:
             loc = self.encode_views(crops)  # (M, nc*nc, C), all images' crops in one batch
             nc = math.isqrt(loc.shape[1])
