@@ -203,7 +203,7 @@ def test_a_model_with_a_ctc_head_needs_the_token_ids():
         build_config("nano", gpt={"vocab_size": 64}, image_token_id=63, ctc_upsample=2, ctc_source="clip")
 
 
-@pytest.mark.parametrize("yaml", ["reads_ctc.yaml", "reads_sam_ctc.yaml"])
+@pytest.mark.parametrize("yaml", ["reads_ctc.yaml", "reads_sam_ctc.yaml", "reads_columns_ctc.yaml"])
 def test_reads_ctc_yaml_shrunk_logs_both_losses(tmp_path, shrunk_reads, yaml):
     """The CTC YAMLs as written, shrunk: their data sets pre-built small, a few batches; both losses logged every
     batch, the CTC loss finite and positive; the final greedy eval ran on the unseen-words set."""
