@@ -13,13 +13,13 @@ answer of the curriculum.
 
 What the head reads is `VLMConfig.ctc_source` (NanoOCR.encode_images(..., with_ctc=True) hands it over): "tokens" is
 the above; "sam" is SAM's 16 px grid (the neck, before the compressor), max over each column, so one left-to-right
-sequence of S/16 positions as a CRNN reads a line, `upsample` frames each; "columns" is the token grid read so
-(max over each column of tokens: a line crossing two token rows is still one left-to-right pass, which row-major
-frames are not: from a glyph-trained SAM the row-major head stays on the plateau, CER 1.00 after 1000 steps,
-the columns head reaches 0.67). Encoder-only, the nano encoder learns
-nonce-word glyphs from the "sam" source (CER 0.85 after 1000 steps, falling) and stays on the CTC plateau from the
-"tokens" one, 8 frames per token (CER 0.99) (recipes/bench/glyph_probe.py, BENCHMARKS.md "Can the encoder learn glyphs at all?"); its gradient stops at the
-neck: the compressor, CLIP and projector learn from the GPT only.
+sequence of S/16 positions as a CRNN reads a line, `upsample` frames each; "columns" is the token grid read the same
+way (max over each column of tokens), so a line crossing two token rows is still one left-to-right pass, which
+row-major frames are not. Encoder-only (recipes/bench/glyph_probe.py, BENCHMARKS.md "Can the encoder learn glyphs at
+all?"): a fresh nano encoder learns nonce-word glyphs from "sam" (CER 0.85 after 1000 steps, falling) and stays on
+the CTC plateau from "tokens" (CER 0.99); from a glyph-trained SAM, "tokens" still stays there (1.00) while
+"columns" reaches 0.67. From "sam" the head's gradient stops at the neck (the compressor, CLIP and projector learn
+from the GPT only); from "tokens" and "columns" it reaches the whole encoder.
 
 Only single-line answers are targets: the frames run row-major over the token grid, and the lines of a block share
 token rows, so a block's reading order is not a monotonic path through the frames. Rows holding more than one
