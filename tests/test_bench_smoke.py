@@ -267,3 +267,70 @@ def test_glyph_probe_saves_an_encoder_the_recipe_loads(bench, tmp_path):
     resaved = load_file(again)
     assert resaved.keys() == saved.keys()
     assert all(torch.equal(resaved[k], saved[k]) for k in saved)
+
+
+def test_decoder_probe(bench, capsys):
+    """Two steps of the decoder-only probe, one on the text grid and one on the oracle vectors: a table row per
+    evaluation with its phase, finite loss, a CER."""
+    assert bench("decoder_probe", "--steps", 2, "--text-steps", 1, "--chars-per-token", 1, "--every", 1,
+                 "--val", 2, "--batch", 2, "--n-layer", 1, "--n-embd", 64) == 0
+    rows = [r for r in table_rows(capsys.readouterr().out, "") if r[0].isdigit()]
+    assert [(int(r[0]), r[2]) for r in rows] == [(0, "text"), (1, "vision"), (2, "vision")], rows
+    assert all(math.isfinite(float(r[3])) for r in rows[1:]) and all(float(r[4]) >= 0 for r in rows), rows
+
+
+def test_decoder_probe_oracle_holds_the_line(monkeypatch):
+    """What the probe's GPT is asked to read is there: the line comes back from each sample's grid by the math
+    written out here (each character's cell, minus the cell's position vector, projected on slot * char), the text
+    phase's grid ids spell it in row-major order, and the targets are the answer's ids and the end token."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import random
+    import decoder_probe as dp
+
+    for k in (1, 3):
+        oracle = dp.Oracle(dim=512, max_k=k, seed=3)
+        grids, ids, text_ids, targets, texts = oracle.batch(random.Random(k), 8)
+        bound = oracle.slot[:, None, :] * oracle.char[None, :, :]  # (k, chars, dim)
+        for b, text in enumerate(texts):
+            content = grids[b] * 512 ** 0.5 - oracle.pos  # (8, 8, dim): only the line's cells are non-zero
+            cells = [(r, c) for r in range(8) for c in range(8) if content[r, c].abs().max() > 1e-4]
+            read = ""
+            for r, c in cells:
+                scores = torch.einsum("d,kcd->kc", content[r, c], bound) / bound.pow(2).sum(-1)  # ~1 where bound
+                slots = [j for j in range(k) if scores[j].max() > 0.5]
+                read += "".join(dp.CHARS[int(scores[j].argmax())] for j in slots)
+            assert read == text, (k, read, text)
+            answer = [dp.CHARS.index(ch) + 1 for ch in text] + [dp.EOS]
+            assert targets[b][targets[b] >= 0].tolist() == answer
+            assert ids[b, :dp.N_VISION].eq(dp.IMAGE).all() and ids[b, dp.N_VISION] == dp.SEP
+            if k == 1:
+                cells_ids = [t for t in text_ids[b, :dp.N_VISION].tolist() if 1 <= t <= len(dp.CHARS)]
+                assert "".join(dp.CHARS[t - 1] for t in cells_ids) == text
+
+
+def test_read_probe(bench, capsys):
+    """Two copy steps and two reading steps of the whole model: rows of both phases, CERs of the reading rows."""
+    assert bench("read_probe", "--copy-steps", 2, "--steps", 2, "--every", 2, "--val", 2, "--unseen", 6,
+                 "--batch", 2) == 0
+    rows = [r for r in table_rows(capsys.readouterr().out, "") if r[0].isdigit()]
+    assert [(int(r[0]), r[2]) for r in rows] == [(0, "copy"), (2, "read"), (4, "read")], rows
+    assert all(float(r[4]) >= 0 and float(r[5]) >= 0 and math.isfinite(float(r[3])) for r in rows[1:]), rows
+
+
+def test_read_probe_copy_rows_hold_the_line(monkeypatch):
+    """The copy phase's rows: the line's characters sit row-major in the 73 image positions (a newline id closing
+    every grid row), the prompt's end follows, and the targets are the line's characters and the end token."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import random
+    import read_probe as rp
+
+    ids, targets = rp.copy_batch(random.Random(4), 32)
+    for row, tgt in zip(ids.tolist(), targets.tolist()):
+        prefix = row[:rp.N_VISION]
+        assert [prefix[r * 9 + 8] for r in range(8)] == [rp.NEWLINE] * 8
+        line = rp.decode([t for t in prefix if 1 <= t <= len(rp.ALPHABET)])
+        answer = [t for t in tgt if t >= 0]
+        assert row[rp.N_VISION] == rp.SEP and answer == rp.encode(line) + [rp.EOS], (line, answer)
+        assert row[rp.N_VISION + 1:rp.N_VISION + 1 + len(answer)] == answer
+        cells = [i - i // 9 for i, t in enumerate(prefix) if 1 <= t <= len(rp.ALPHABET)]  # grid cells, row-major
+        assert cells == list(range(cells[0], cells[0] + len(line))) and 1 <= len(line) <= 29, cells

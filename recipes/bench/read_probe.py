@@ -1,0 +1,208 @@
+"""Does the whole model read once its GPT can copy? A text copy stage, then reading rendered words, encoder trained.
+
+    python recipes/bench/read_probe.py --copy-steps 1500 --steps 1500
+    python recipes/bench/read_probe.py --copy-steps 0 --steps 1500          # the same, the GPT from scratch
+
+A fresh `nano` model (SAM windows only, as yamls/reads_sam_ctc.yaml) with a character vocabulary (the answer's
+characters, not a BPE: what the image shows) is trained in two phases, AdamW (warmup 50, clip 1.0):
+1. copy (--copy-steps, text only, no image): the 73 image positions of a tiny view hold a random line's characters
+   as token ids, one per position, row-major from a random cell (a line in the view's 8 x 8 token grid, rows
+   ended by a newline token; a long line runs on into the next row), then the prompt's end and the line again: the copy a
+   pretrained language model can already do and a fresh GPT learns slowly (recipes/bench/decoder_probe.py);
+2. read (--steps): rendered `reading_nonce_words` images (1-3 random letter strings at 32-64 px, new ones every
+   step: only the image tells the letters) through the whole model, every part trainable (the encoder at
+   --enc-lr), the loss the answer's.
+Every --every steps, held-out images are read by greedy decoding and scored (CER): 64 `reading_nonce_words` of
+another seed, and the word-level samples among the first --unseen `reading_unseen_words` (real held-out words, train fonts).
+
+Why: with perfect vision tokens a fresh nano GPT does not learn to read in 1000 steps, but one that can already copy
+does within ~500 (decoder_probe.py, BENCHMARKS.md "Can the GPT read at all?"). This asks the same with pixels.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import random
+import shlex
+import string
+import sys
+import time
+
+import torch
+
+from common import cpu_model  # recipes/bench/common.py
+from nanoocr.data import reading
+from nanoocr.data.images import image_views, open_image
+from nanoocr.eval.metrics import cer
+from nanoocr.model.presets import build_config
+from nanoocr.model.tokens import layout_tokens
+from nanoocr.model.vlm import NanoOCR, param_part
+
+GRID = 8  # tiny view: 8 x 8 tokens
+N_VISION = layout_tokens(GRID, (1, 1), 0)  # 73
+ALPHABET = string.ascii_letters + string.digits + " ,."
+PAD, SEP, EOS, NEWLINE = 0, len(ALPHABET) + 1, len(ALPHABET) + 2, len(ALPHABET) + 3  # characters: 1..len
+VOCAB = len(ALPHABET) + 5  # + the image token, the last id (the preset's default)
+IMAGE = VOCAB - 1
+
+
+def encode(text: str) -> list[int]:
+    return [ALPHABET.index(c) + 1 for c in text]
+
+
+def decode(ids: list[int]) -> str:
+    return "".join(ALPHABET[t - 1] for t in ids if 1 <= t <= len(ALPHABET))
+
+
+def sequences(prefixes: list[list[int]], texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """prefix (73 ids) + SEP + the text + EOS per row, right-padded with EOS; targets: the text and EOS."""
+    T = N_VISION + 1 + max(len(t) for t in texts) + 1
+    ids = torch.full((len(texts), T), EOS, dtype=torch.long)
+    targets = torch.full((len(texts), T), -1, dtype=torch.long)
+    for b, (prefix, text) in enumerate(zip(prefixes, texts)):
+        answer = encode(text) + [EOS]
+        ids[b, :N_VISION + 1 + len(answer)] = torch.tensor(prefix + [SEP] + answer)
+        targets[b, N_VISION:N_VISION + len(answer)] = torch.tensor(answer)
+    return ids, targets
+
+
+def copy_batch(rng: random.Random, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text-only rows: a random line laid one character per image position, then the line again."""
+    prefixes, texts = [], []
+    for _ in range(n):
+        text = " ".join("".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(1, 9)))
+                        for _ in range(rng.randint(1, 3)))
+        start = rng.randint(0, GRID * GRID - len(text))  # a long line runs on into the next grid row
+        prefix = [PAD] * N_VISION
+        for r in range(GRID):
+            prefix[r * (GRID + 1) + GRID] = NEWLINE
+        prefix[-1] = NEWLINE
+        for i, t in enumerate(encode(text)):
+            cell = start + i
+            prefix[cell // GRID * (GRID + 1) + cell % GRID] = t
+        prefixes.append(prefix)
+        texts.append(text)
+    return sequences(prefixes, texts)
+
+
+def render(gen: str, seed: int, indices, mode: str = "tiny") -> tuple[torch.Tensor, list[str]]:
+    views, texts = [], []
+    for i in indices:
+        rec, info = reading.sample(gen, seed, i)
+        views.append(image_views(open_image(rec["image"]), mode, normalize=False).global_view)
+        texts.append("\n".join(info["lines"]))
+    return torch.stack(views), texts
+
+
+@torch.no_grad()
+def read(model: NanoOCR, views: torch.Tensor, max_len: int = 32) -> list[str]:
+    """Greedy decoding: the images encoded once, the text prefix recomputed each step (the probe is small)."""
+    n = views.shape[0]
+    vision = model.encode_images(views)
+    ids = torch.cat([torch.full((n, N_VISION), IMAGE), torch.full((n, 1), SEP)], 1)
+    out, done = [[] for _ in range(n)], [False] * n
+    for _ in range(max_len):
+        nxt = model.gpt.trunk(model.embed(ids, vision), ids=ids)[:, -1].argmax(-1)
+        for b, t in enumerate(nxt.tolist()):
+            if not done[b]:
+                done[b] = not 1 <= t <= len(ALPHABET)
+                if not done[b]:
+                    out[b].append(t)
+        ids = torch.cat([ids, nxt[:, None]], 1)
+        if all(done):
+            break
+    return [decode(o) for o in out]
+
+
+def score(model, views, refs) -> tuple[float, str]:
+    model.eval()
+    hyp = read(model, views)
+    model.train()
+    return sum(cer(h, r) * len(r) for h, r in zip(hyp, refs)) / sum(len(r) for r in refs), f"{hyp[0]!r} for {refs[0]!r}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--copy-steps", type=int, default=1500)
+    ap.add_argument("--copy-until", type=float, default=0.0,
+                    help="end the copy phase early once the mean copy loss of the last 50 steps is below this")
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-3, help="the GPT's (and the copy phase's)")
+    ap.add_argument("--enc-lr", type=float, default=1e-3, help="SAM, compressor, CLIP, projector, newline/separator")
+    ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--val", type=int, default=64)
+    ap.add_argument("--unseen", type=int, default=160, help="reading_unseen_words samples to take the words of")
+    ap.add_argument("--every", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    torch.manual_seed(args.seed)
+    model = NanoOCR(build_config("nano", sam={"global_attn_indexes": ()}, gpt={"vocab_size": VOCAB})).train()
+    assert model.config.image_token_id == IMAGE
+    groups = {"gpt": [], "encoder": []}
+    for name, p in model.named_parameters():
+        groups["gpt" if param_part(name) == "gpt" else "encoder"].append(p)
+    lrs = {"gpt": args.lr, "encoder": args.enc_lr}
+    opt = torch.optim.AdamW([{"params": ps, "lr": lrs[g]} for g, ps in groups.items()], betas=(0.9, 0.95),
+                            weight_decay=0.0)
+    t0 = time.time()
+    held_views, held_refs = render("reading_nonce_words", 9, range(args.val))
+    unseen = [i for i in range(args.unseen) if reading.sample("reading_unseen_words", 1, i)[1]["level"] == "word"]
+    unseen_views, unseen_refs = render("reading_unseen_words", 1, unseen)
+    render_s = time.time() - t0
+    rng, rows, window, t0 = random.Random(args.seed), [], [], time.time()
+    total, recent = args.copy_steps + args.steps, []
+    step = -1
+    while step < total:  # the copy phase may end early (--copy-until): total moves with it
+        step += 1
+        if step < args.copy_steps and len(recent) == 50 and sum(recent) / 50 < args.copy_until:
+            print(f"copy loss {sum(recent) / 50:.3f} < {args.copy_until} at step {step}: reading from here",
+                  file=sys.stderr)
+            args.copy_steps, total = step, step + args.steps
+        phase = "copy" if step < args.copy_steps else "read"
+        if step % args.every == 0 or step == total:
+            if phase == "read" or step == total:
+                nonce, example = score(model, held_views, held_refs)
+                words, _ = score(model, unseen_views, unseen_refs)
+            else:
+                nonce, words, example = float("nan"), float("nan"), ""
+            train = sum(window) / len(window) if window else float("nan")
+            rows.append((step, time.time() - t0, phase, train, nonce, words, example))
+            print(f"step {step} ({phase}): loss {train:.3f}, CER nonce {nonce:.3f}, unseen words {words:.3f} "
+                  f"{example}", file=sys.stderr, flush=True)
+            window = []
+        if step == total:
+            break
+        for g in opt.param_groups:  # warmup at the start of each phase
+            g["lr"] = lrs["gpt" if g["params"] is groups["gpt"] else "encoder"] * min(
+                1.0, (step - (0 if phase == "copy" else args.copy_steps) + 1) / args.warmup)
+        if phase == "copy":
+            ids, targets = copy_batch(rng, args.batch)
+            loss = model(ids, targets)
+        else:
+            base = args.seed * 10_000_000 + (step - args.copy_steps) * args.batch  # new images every step
+            views, texts = render("reading_nonce_words", 0, range(base, base + args.batch))
+            ids, targets = sequences([[IMAGE] * N_VISION] * args.batch, texts)
+            loss = model(ids, targets, images=views)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        window.append(float(loss))
+        recent = (recent + [float(loss)])[-50:]
+    print(f"`python recipes/bench/read_probe.py {shlex.join(argv if argv is not None else sys.argv[1:])}` — "
+          f"{datetime.date.today()}, {cpu_model()}, {torch.get_num_threads()} threads, fp32; nano (SAM windows only), "
+          f"character vocabulary, batch {args.batch}, GPT lr {args.lr}, encoder lr {args.enc_lr}; held out: "
+          f"{len(held_refs)} nonce-word images, {len(unseen_refs)} word-level unseen-word images (rendered in "
+          f"{render_s:.0f} s)\n")
+    print("| step | seconds | phase | train loss (mean since the last row) | CER nonce words | CER unseen words | "
+          "first held-out image |")
+    print("|---:|---:|---|---:|---:|---:|---|")
+    for step, secs, phase, train, nonce, words, example in rows:
+        print(f"| {step} | {secs:.0f} | {phase} | {train:.3f} | {nonce:.3f} | {words:.3f} | {example} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
