@@ -318,19 +318,17 @@ def test_read_probe(bench, capsys):
 
 
 def test_read_probe_copy_rows_hold_the_line(monkeypatch):
-    """The copy phase's rows: the line's characters sit row-major in the 73 image positions (a newline id closing
-    every grid row), the prompt's end follows, and the targets are the line's characters and the end token."""
+    """The copy phase's rows: a 64-character line of letter strings, the prompt's end, the same line, the end token;
+    the targets are exactly the second copy and the end token, placed one position early (next-token targets)."""
     monkeypatch.syspath_prepend(str(BENCH))
     import random
     import read_probe as rp
 
-    ids, targets = rp.copy_batch(random.Random(4), 32)
+    ids, targets = rp.copy_batch(random.Random(4), 8)
     for row, tgt in zip(ids.tolist(), targets.tolist()):
-        prefix = row[:rp.N_VISION]
-        assert [prefix[r * 9 + 8] for r in range(8)] == [rp.NEWLINE] * 8
-        line = rp.decode([t for t in prefix if 1 <= t <= len(rp.ALPHABET)])
-        answer = [t for t in tgt if t >= 0]
-        assert row[rp.N_VISION] == rp.SEP and answer == rp.encode(line) + [rp.EOS], (line, answer)
-        assert row[rp.N_VISION + 1:rp.N_VISION + 1 + len(answer)] == answer
-        cells = [i - i // 9 for i, t in enumerate(prefix) if 1 <= t <= len(rp.ALPHABET)]  # grid cells, row-major
-        assert cells == list(range(cells[0], cells[0] + len(line))) and 1 <= len(line) <= 29, cells
+        n = row.index(rp.SEP)
+        line = rp.decode(row[:n])
+        assert len(line) in (63, 64) and set(line) <= set("abcdefghijklmnopqrstuvwxyz ") and line == line.strip()
+        assert row[n + 1:2 * n + 2] == rp.encode(line) + [rp.EOS]
+        assert [t for t in tgt if t >= 0] == rp.encode(line) + [rp.EOS]
+        assert tgt[n - 1] == -1 and tgt[n] == row[n + 1]  # the first target is predicted at the SEP position

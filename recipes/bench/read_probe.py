@@ -5,10 +5,9 @@
 
 A fresh `nano` model (SAM windows only, as yamls/reads_sam_ctc.yaml) with a character vocabulary (the answer's
 characters, not a BPE: what the image shows) is trained in two phases, AdamW (warmup 50, clip 1.0):
-1. copy (--copy-steps, text only, no image): the 73 image positions of a tiny view hold a random line's characters
-   as token ids, one per position, row-major from a random cell (a line in the view's 8 x 8 token grid, rows
-   ended by a newline token; a long line runs on into the next row), then the prompt's end and the line again: the copy a
-   pretrained language model can already do and a fresh GPT learns slowly (recipes/bench/decoder_probe.py);
+1. copy (--copy-steps, text only, no image): a line of 64 random characters (letter strings and spaces), the
+   prompt's end, the line again, the loss the second copy's: the copy a pretrained language model can already do
+   and a fresh GPT learns slowly (recipes/bench/decoder_probe.py; BENCHMARKS.md says which copy layout forms fastest);
 2. read (--steps): rendered `reading_nonce_words` images (1-3 random letter strings at 32-64 px, new ones every
    step: only the image tells the letters) through the whole model, every part trainable (the encoder at
    --enc-lr), the loss the answer's.
@@ -42,8 +41,8 @@ from nanoocr.model.vlm import NanoOCR, param_part
 GRID = 8  # tiny view: 8 x 8 tokens
 N_VISION = layout_tokens(GRID, (1, 1), 0)  # 73
 ALPHABET = string.ascii_letters + string.digits + " ,."
-PAD, SEP, EOS, NEWLINE = 0, len(ALPHABET) + 1, len(ALPHABET) + 2, len(ALPHABET) + 3  # characters: 1..len
-VOCAB = len(ALPHABET) + 5  # + the image token, the last id (the preset's default)
+SEP, EOS = len(ALPHABET) + 1, len(ALPHABET) + 2  # the characters are 1..len(ALPHABET)
+VOCAB = len(ALPHABET) + 4  # + the image token, the last id (the preset's default)
 IMAGE = VOCAB - 1
 
 
@@ -67,23 +66,23 @@ def sequences(prefixes: list[list[int]], texts: list[str]) -> tuple[torch.Tensor
     return ids, targets
 
 
-def copy_batch(rng: random.Random, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Text-only rows: a random line laid one character per image position, then the line again."""
-    prefixes, texts = [], []
+def copy_batch(rng: random.Random, n: int, length: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text-only rows: a line of random letter strings (`length` characters), the prompt's end, the line again;
+    the targets are the second copy and the end token."""
+    rows = []
     for _ in range(n):
-        text = " ".join("".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(1, 9)))
-                        for _ in range(rng.randint(1, 3)))
-        start = rng.randint(0, GRID * GRID - len(text))  # a long line runs on into the next grid row
-        prefix = [PAD] * N_VISION
-        for r in range(GRID):
-            prefix[r * (GRID + 1) + GRID] = NEWLINE
-        prefix[-1] = NEWLINE
-        for i, t in enumerate(encode(text)):
-            cell = start + i
-            prefix[cell // GRID * (GRID + 1) + cell % GRID] = t
-        prefixes.append(prefix)
-        texts.append(text)
-    return sequences(prefixes, texts)
+        text = ""
+        while len(text) < length:
+            text += "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(1, 9))) + " "
+        rows.append(encode(text[:length].strip()))
+    T = 2 * max(len(r) for r in rows) + 2
+    ids = torch.full((n, T), EOS, dtype=torch.long)
+    targets = torch.full((n, T), -1, dtype=torch.long)
+    for b, line in enumerate(rows):
+        seq = line + [SEP] + line + [EOS]
+        ids[b, :len(seq)] = torch.tensor(seq)
+        targets[b, len(line):len(seq) - 1] = torch.tensor(seq[len(line) + 1:])
+    return ids, targets
 
 
 def render(gen: str, seed: int, indices, mode: str = "tiny") -> tuple[torch.Tensor, list[str]]:
