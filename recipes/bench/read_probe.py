@@ -14,8 +14,9 @@ characters, not a BPE: what the image shows) is trained in two phases, AdamW (wa
 Every --every steps, held-out images are read by greedy decoding and scored (CER): 64 `reading_nonce_words` of
 another seed, and the word-level samples among the first --unseen `reading_unseen_words` (real held-out words, train fonts).
 
-Why: a fresh nano GPT does not learn to read even perfect vision tokens in 800 steps, but one whose copy has formed on
-text reads them within ~700 (decoder_probe.py, BENCHMARKS.md "Can the GPT read at all?"). This asks the same with pixels.
+Why: a fresh nano GPT does not learn to read even perfect vision tokens in 800 steps; one whose copy has formed on text
+reads them sooner, though not reliably (decoder_probe.py, BENCHMARKS.md "Can the GPT read at all?"). This asks the same
+with pixels.
 """
 from __future__ import annotations
 
