@@ -306,6 +306,16 @@ def test_decoder_probe_oracle_holds_the_line(monkeypatch):
             if k == 1:
                 cells_ids = [t for t in text_ids[b, :dp.N_VISION].tolist() if 1 <= t <= len(dp.CHARS)]
                 assert "".join(dp.CHARS[t - 1] for t in cells_ids) == text
+    # --place: a line starts in the first cell (corner) or a row's first cell (row); spaces are cells too
+    for place in ("corner", "row"):
+        grids, ids, text_ids, targets, texts = dp.Oracle(dim=64, max_k=1, seed=3, place=place).batch(random.Random(5), 16)
+        rows = set()
+        for b, text in enumerate(texts):
+            first = next(i for i, t in enumerate(text_ids[b, :dp.N_VISION].tolist()) if 1 <= t <= len(dp.CHARS))
+            row, col = divmod(first, dp.GRID + 1)
+            assert col == 0 and (place == "row" or row == 0), (place, row, col)
+            rows.add(row)
+        assert place == "corner" or len(rows) > 1
 
 
 def test_read_probe(bench, capsys):
@@ -315,6 +325,17 @@ def test_read_probe(bench, capsys):
     rows = [r for r in table_rows(capsys.readouterr().out, "") if r[0].isdigit()]
     assert [(int(r[0]), r[2]) for r in rows] == [(0, "copy"), (2, "read"), (4, "read")], rows
     assert all(float(r[4]) >= 0 and float(r[5]) >= 0 and math.isfinite(float(r[3])) for r in rows[1:]), rows
+
+
+def test_read_probe_crops_with_ctc(bench, capsys):
+    """The probe on text-line crops with the CTC head on the token columns: reading rows with finite loss and CERs."""
+    assert bench("read_probe", "--crop", "--ctc", 1.0, "--copy-steps", 0, "--steps", 2, "--every", 2, "--val", 2,
+                 "--unseen", 6, "--batch", 2) == 0
+    out = capsys.readouterr().out
+    assert "text-line crops" in out and "CTC head on the token columns (weight 1.0)" in out
+    rows = [r for r in table_rows(out, "") if r[0].isdigit()]
+    assert [(int(r[0]), r[2]) for r in rows] == [(0, "read"), (2, "read")], rows
+    assert math.isfinite(float(rows[1][3])) and all(float(r[4]) >= 0 and float(r[5]) >= 0 for r in rows), rows
 
 
 def test_read_probe_copy_rows_hold_the_line(monkeypatch):

@@ -144,3 +144,32 @@ def test_fine_pages_split_and_sizes():
     assert [r["image"] for r, _ in samples["reading_fine"][:3]] == [r["image"] for r in GENERATORS["reading_fine"](3, 0)]
     with pytest.raises(ValueError, match="unknown fine reading generator"):
         reading.fine_sample("reading_fine_x", 0, 0)
+
+
+def test_crops_are_their_splits_samples_cut_to_the_text():
+    """A reading_crop* sample i is sample i of its split (same text, font, size, contrast), cut to the ink with
+    small margins: measured on the pixels, the text starts near the left edge and fills the crop's height."""
+    for name, base in reading.CROPS.items():
+        assert GENERATORS[name] is reading.READING_GENERATORS[name]
+        a, b = list(GENERATORS[name](4, 2)), list(GENERATORS[name](4, 2))
+        assert [r["image"] for r in a] == [r["image"] for r in b]
+        for i in range(25):
+            rec, info = reading.sample(name, 0, i)
+            base_rec, base_info = reading.sample(base, 0, i)
+            assert answer(rec) == answer(base_rec)
+            assert {k: info[k] for k in ("level", "font", "size", "fg", "bg")} == \
+                {k: base_info[k] for k in ("level", "font", "size", "fg", "bg")}
+            assert rec["id"].startswith(f"{name}-s0-{i:06d}-") and rec["source"] == f"synthetic:{name}"
+            validate_record(rec)
+            img = Image.open(io.BytesIO(rec["image"]))
+            base_img = Image.open(io.BytesIO(base_rec["image"]))
+            assert img.width >= reading.CROP_MIN_WIDTH and img.height < base_img.height
+            grey = np.asarray(img.convert("L"), dtype=np.int16)
+            ink = np.abs(grey - info["bg"]) > abs(info["fg"] - info["bg"]) / 2
+            cols, rows = np.flatnonzero(ink.any(axis=0)), np.flatnonzero(ink.any(axis=1))
+            slack = 3  # blur and JPEG move the ink's edge by a pixel or two
+            assert cols.size and cols[0] <= reading.CROP_MARGIN_X[1] + slack, (rec["id"], cols[:3])
+            assert rows[0] <= reading.CROP_MARGIN_Y[1] + slack, (rec["id"], rows[:3])
+            assert img.height - 1 - rows[-1] <= reading.CROP_MARGIN_Y[1] + slack, (rec["id"], rows[-3:])
+    with pytest.raises(ValueError, match="unknown reading generator"):
+        reading.sample("reading_crop_x", 0, 0)

@@ -10,6 +10,8 @@ rendered in many fonts, with held-out words and held-out fonts for measuring gen
 | reading_nonce_words   | random letter strings  | train fonts           | the first stage: word level only (1-3, 32-64 px) |
 | reading_fine          | TRAIN_WORDS            | train fonts           | fine text on big pages (Gundam vs Base) |
 | reading_fine_unseen_words | HELD_OUT_WORDS     | train fonts           | eval: fine text it never saw      |
+| reading_crop, reading_crop_unseen_words, reading_crop_unseen_fonts, reading_crop_nonce, reading_crop_nonce_words |
+|                       | as the uncropped split | as the uncropped split | the same samples as text-line crops |
 
 Each generator is `gen(n, seed=0) -> Iterator[record]` (the nanoocr.data.synthetic signature; registered in
 its GENERATORS, so `synthetic:reading:100000` is a conversion SPEC). Sample i depends only on (name, seed, i):
@@ -28,6 +30,15 @@ A sample (`sample(name, seed, i)` gives one with its rendering parameters):
   same parameters, same bytes);
 - id `"{name}-s{seed}-{i:06d}-{level}-{font file stem}"`, source `"synthetic:{name}"`: the id says which
   level and font made the image.
+
+Text-line crops (`reading_crop*`): sample i of the uncropped split (same text, font, size, contrast and
+degradations), cut to the ink's box plus 2-12 px left/right and 1-8 px above/below (drawn per side), widened
+on the right with background to at least 384 px. That is what a line image cut from a page looks like
+(nanoocr.eval.lines), and it fixes where the text starts in the view: the pad-to-square of the tiny/small
+views centres the strip vertically, so the first character is at the left edge of the middle token rows. On a
+canvas the text starts anywhere, and a fresh GPT must first learn to find it: with perfect vision tokens it
+reads text that always starts in the same place within ~500 steps and text placed at random not in 800
+(BENCHMARKS.md "Can the GPT read at all?").
 
 Nonce words (`reading_nonce`): every token is a random string of 1-9 letters drawn uniformly from a-z (then
 cased as above; numbers as above), never one of WORDS. `reading_nonce_words` draws only the word level
@@ -355,9 +366,11 @@ def _degrade(img: Image.Image, rng: random.Random, info: dict) -> Image.Image:
 
 
 def sample(name: str, seed: int, i: int) -> tuple[dict, dict]:
-    """(record, rendering parameters) of sample `i` of generator `name`; depends on nothing but the three."""
-    if name not in SPLITS:
-        raise ValueError(f"unknown reading generator {name!r}; expected one of {sorted(SPLITS)}")
+    """(record, rendering parameters) of sample `i` of generator `name`; depends on nothing but the three.
+    A `reading_crop*` name draws the sample of its uncropped split (CROPS) and crops it to the text (_crop)."""
+    if name not in SPLITS and name not in CROPS:
+        raise ValueError(f"unknown reading generator {name!r}; expected one of {sorted({**SPLITS, **CROPS})}")
+    crop_of, name = (name, CROPS[name]) if name in CROPS else (None, name)
     unseen_words, unseen_fonts = SPLITS[name]
     train_fonts, held_fonts = font_split()
     vocab = None if name in NONCE else HELD_OUT_WORDS if unseen_words else TRAIN_WORDS
@@ -395,9 +408,28 @@ def sample(name: str, seed: int, i: int) -> tuple[dict, dict]:
         draw.text((x, y + k * step), line, font=fnt, fill=fg)
     info = {"level": level, "font": font_rel, "size": size, "fg": fg, "bg": bg, "lines": lines,
             "blur": None, "noise": None, "jpeg": None}
+    if crop_of is not None:
+        name = crop_of
+        mask = Image.new("L", img.size, 0)  # the ink alone: the glyphs' own box, bearings excluded
+        for k, line in enumerate(lines):
+            ImageDraw.Draw(mask).text((x, y + k * step), line, font=fnt, fill=255)
+        img, info["crop"] = _crop(img, bg, mask.getbbox(), random.Random(f"{name}:{seed}:{i}"))
     img = _degrade(img, rng, info)
     rid = f"{name}-s{seed}-{i:06d}-{level}-{Path(font_rel).stem}"
     return qa(OCR_PROMPT, "\n".join(lines), png_bytes(img), rid, f"synthetic:{name}"), info
+
+
+def _crop(img: Image.Image, bg: int, ink: tuple, rng: random.Random) -> tuple[Image.Image, tuple]:
+    """The text's ink box plus small random margins, as a text-line crop from a page is (nanoocr.eval.lines),
+    widened on the right with background to at least CROP_MIN_WIDTH so a short word is not blown up by the
+    view's resize. Returns the crop and its box (x0, y0, x1, y1) on the canvas (x1 may pass the canvas's edge)."""
+    left, top, right, bottom = ink
+    x0, y0 = max(0, left - rng.randint(*CROP_MARGIN_X)), max(0, top - rng.randint(*CROP_MARGIN_Y))
+    x1 = max(right + rng.randint(*CROP_MARGIN_X), x0 + CROP_MIN_WIDTH)
+    y1 = min(img.height, bottom + rng.randint(*CROP_MARGIN_Y))
+    out = Image.new("L", (x1 - x0, y1 - y0), bg)
+    out.paste(img.crop((x0, y0, min(x1, img.width), y1)), (0, 0))
+    return out, (x0, y0, x1, y1)
 
 
 def _stream(name: str, n: int, seed: int) -> Iterator[dict]:
@@ -434,6 +466,12 @@ def reading_nonce_words(n: int, seed: int = 0) -> Iterator[dict]:
 # name -> (held-out words?, held-out fonts?)
 SPLITS = {"reading": (False, False), "reading_unseen_words": (True, False), "reading_unseen_fonts": (False, True),
           "reading_nonce": (False, False), "reading_nonce_words": (False, False)}
+# Text-line crops: crop name -> the split whose sample i it crops (same text, font, size, degradations).
+CROPS = {"reading_crop": "reading", "reading_crop_unseen_words": "reading_unseen_words",
+         "reading_crop_unseen_fonts": "reading_unseen_fonts", "reading_crop_nonce": "reading_nonce",
+         "reading_crop_nonce_words": "reading_nonce_words"}
+CROP_MARGIN_X, CROP_MARGIN_Y = (2, 12), (1, 8)  # pixels of background kept around the ink, drawn per side
+CROP_MIN_WIDTH = 384
 NONCE = ("reading_nonce", "reading_nonce_words")  # the generators whose tokens are random letter strings
 FINE_SPLITS = {"reading_fine": False, "reading_fine_unseen_words": True}  # name -> held-out words?
 
@@ -481,7 +519,16 @@ def reading_fine_unseen_words(n: int, seed: int = 0) -> Iterator[dict]:
     return (fine_sample("reading_fine_unseen_words", seed, i)[0] for i in range(n))
 
 
-READING_GENERATORS = {"reading": reading, "reading_unseen_words": reading_unseen_words,
+def _crops(name: str):
+    def gen(n: int, seed: int = 0) -> Iterator[dict]:
+        return _stream(name, n, seed)
+    gen.__name__ = name
+    gen.__doc__ = f"Text-line crops of `{CROPS[name]}`: sample i is its sample i cut to the text (_crop)."
+    return gen
+
+
+READING_GENERATORS = {**{name: _crops(name) for name in CROPS},
+                      "reading": reading, "reading_unseen_words": reading_unseen_words,
                       "reading_unseen_fonts": reading_unseen_fonts, "reading_nonce": reading_nonce,
                       "reading_nonce_words": reading_nonce_words,
                       "reading_fine": reading_fine, "reading_fine_unseen_words": reading_fine_unseen_words}

@@ -3,6 +3,7 @@
     python recipes/bench/decoder_probe.py --steps 1000                      # 1-4 characters per token
     python recipes/bench/decoder_probe.py --steps 800 --chars-per-token 1
     python recipes/bench/decoder_probe.py --steps 2200 --chars-per-token 1 --text-steps 1500
+    python recipes/bench/decoder_probe.py --steps 600 --chars-per-token 1 --place corner   # lines start at cell 0
 
 No encoder, no pixels: each sample is one line of 1-3 random letter strings (as `reading_nonce_words`) laid on the
 tiny view's 8 x 8 token grid at a random row and column, k characters per token (k drawn per sample from
@@ -13,7 +14,8 @@ GPT's embedding at the image positions, a learned newline vector after every row
 73 vectors of one tiny view, in the model's order. Then a separator token, the answer, an end token; the loss is the
 answer's. The GPT is the model's (nanoocr.model.gpt, `--layout`, nano's widths by default), trained with AdamW
 (warmup 50, clip 1.0). Every --every steps 64 held-out lines (another seed) are read by greedy decoding and scored
-(CER). `--text-steps N`: for the first N steps the grid holds the characters' own token ids instead (a copy task in
+(CER). `--place corner` starts every line in the grid's first cell, `--place row` in the first cell of a random
+row (as text-line crops place it), instead of anywhere. `--text-steps N`: for the first N steps the grid holds the characters' own token ids instead (a copy task in
 text: what a pretrained language model can already do), then the vision tokens as above.
 
 Why: the reading runs (BENCHMARKS.md "It reads?") showed features that differ between images, and a CTC head that
@@ -49,9 +51,9 @@ N_VISION = layout_tokens(GRID, (1, 1), 0)  # 8 x (8 + newline) + separator = 73
 class Oracle:
     """Random lines and their exact token grids; `dim` = width of the oracle vectors."""
 
-    def __init__(self, dim: int, max_k: int, seed: int = 1):
+    def __init__(self, dim: int, max_k: int, seed: int = 1, place: str = "random"):
         g = torch.Generator().manual_seed(seed)
-        self.dim, self.max_k = dim, max_k
+        self.dim, self.max_k, self.place = dim, max_k, place
         self.pos = torch.randn(GRID, GRID, dim, generator=g)
         self.slot = torch.randn(max_k, dim, generator=g)
         self.char = torch.randn(len(CHARS), dim, generator=g)
@@ -63,6 +65,10 @@ class Oracle:
         k = rng.randint(1, self.max_k)
         text = text[:GRID * k].rstrip()  # one row holds 8 k characters
         row, col = rng.randrange(GRID), rng.randint(0, GRID - math.ceil(len(text) / k))
+        if self.place == "corner":  # the line always starts at the grid's first cell
+            row, col = 0, 0
+        elif self.place == "row":  # at the start of a random row
+            col = 0
         grid = self.pos.clone()
         ids = [0] * N_VISION
         for r in range(GRID):
@@ -143,6 +149,8 @@ def main(argv=None) -> int:
     ap.add_argument("--val", type=int, default=64)
     ap.add_argument("--every", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--place", default="random", choices=("random", "row", "corner"),
+                    help="where a line starts: a random cell (default), a random row's first cell, the first cell")
     args = ap.parse_args(argv)
     if args.text_steps and args.chars_per_token != 1:
         ap.error("--text-steps needs --chars-per-token 1 (a grid cell holds one token id in the text phase)")
@@ -151,7 +159,7 @@ def main(argv=None) -> int:
                         n_kv_head=args.n_embd // 64, n_embd=args.n_embd, layout=args.layout))
     gpt.init_weights()
     model = Reader(gpt, args.dim).train()
-    oracle = Oracle(args.dim, args.chars_per_token)
+    oracle = Oracle(args.dim, args.chars_per_token, place=args.place)
     held = oracle.batch(random.Random(10_000 + args.seed), args.val)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup))
@@ -181,7 +189,7 @@ def main(argv=None) -> int:
     print(f"`python recipes/bench/decoder_probe.py {shlex.join(argv if argv is not None else sys.argv[1:])}` — "
           f"{datetime.date.today()}, {cpu_model()}, {torch.get_num_threads()} threads; GPT {args.layout} "
           f"{args.n_layer} x {args.n_embd}, batch {args.batch}, lr {args.lr}, 1-{args.chars_per_token} characters "
-          f"per token, {args.text_steps} text steps first, {args.val} held-out lines\n")
+          f"per token, lines placed: {args.place}, {args.text_steps} text steps first, {args.val} held-out lines\n")
     print("| step | seconds | phase | train loss (mean since the last row) | held-out CER | first held-out line |")
     print("|---:|---:|---|---:|---:|---|")
     for step, secs, phase, train, score, example in rows:

@@ -2,6 +2,7 @@
 
     python recipes/bench/read_probe.py --copy-steps 1500 --steps 1500
     python recipes/bench/read_probe.py --copy-steps 0 --steps 1500          # the same, the GPT from scratch
+    python recipes/bench/read_probe.py --crop --ctc 1.0 --copy-steps 0 --steps 1200   # text-line crops + CTC head
 
 A fresh `nano` model (SAM windows only, as yamls/reads_sam_ctc.yaml) with a character vocabulary (the answer's
 characters, not a BPE: what the image shows) is trained in two phases, AdamW (warmup 50, clip 1.0):
@@ -11,6 +12,10 @@ characters, not a BPE: what the image shows) is trained in two phases, AdamW (wa
 2. read (--steps): rendered `reading_nonce_words` images (1-3 random letter strings at 32-64 px, new ones every
    step: only the image tells the letters) through the whole model, every part trainable (the encoder at
    --enc-lr), the loss the answer's.
+`--crop`: the same images as text-line crops (reading_crop_nonce_words, reading_crop_unseen_words: the text starts
+at the left edge, as in a line cut from a page), so the GPT need not learn to find where the text starts. `--ctc W`:
+a CTC reading head on the vision token columns (model.vlm.ctc_source: columns) adds W x its loss in the read phase: a
+glyph signal for the encoder that does not wait for the GPT.
 Every --every steps, held-out images are read by greedy decoding and scored (CER): 64 `reading_nonce_words` of
 another seed, and the word-level samples among the first --unseen `reading_unseen_words` (real held-out words, train fonts).
 
@@ -135,9 +140,18 @@ def main(argv=None) -> int:
     ap.add_argument("--unseen", type=int, default=160, help="reading_unseen_words samples to take the words of")
     ap.add_argument("--every", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--crop", action="store_true",
+                    help="text-line crops (reading_crop_nonce_words / reading_crop_unseen_words): the text starts at "
+                         "the image's left edge instead of anywhere on a canvas")
+    ap.add_argument("--ctc", type=float, default=0.0,
+                    help="weight of a CTC reading head on the vision token columns (model.vlm.ctc_source: columns, "
+                         "8 frames per column) added to the loss in the read phase; 0 = no head")
     args = ap.parse_args(argv)
+    train_gen, unseen_gen = ("reading_crop_nonce_words", "reading_crop_unseen_words") if args.crop else \
+        ("reading_nonce_words", "reading_unseen_words")
     torch.manual_seed(args.seed)
-    model = NanoOCR(build_config("nano", sam={"global_attn_indexes": ()}, gpt={"vocab_size": VOCAB})).train()
+    ctc = dict(ctc_source="columns", ctc_upsample=8) if args.ctc else {}
+    model = NanoOCR(build_config("nano", sam={"global_attn_indexes": ()}, gpt={"vocab_size": VOCAB}, **ctc)).train()
     assert model.config.image_token_id == IMAGE
     groups = {"gpt": [], "encoder": []}
     for name, p in model.named_parameters():
@@ -146,9 +160,9 @@ def main(argv=None) -> int:
     opt = torch.optim.AdamW([{"params": ps, "lr": lrs[g]} for g, ps in groups.items()], betas=(0.9, 0.95),
                             weight_decay=0.0)
     t0 = time.time()
-    held_views, held_refs = render("reading_nonce_words", 9, range(args.val))
-    unseen = [i for i in range(args.unseen) if reading.sample("reading_unseen_words", 1, i)[1]["level"] == "word"]
-    unseen_views, unseen_refs = render("reading_unseen_words", 1, unseen)
+    held_views, held_refs = render(train_gen, 9, range(args.val))
+    unseen = [i for i in range(args.unseen) if reading.sample(unseen_gen, 1, i)[1]["level"] == "word"]
+    unseen_views, unseen_refs = render(unseen_gen, 1, unseen)
     render_s = time.time() - t0
     rng, rows, window, t0 = random.Random(args.seed), [], [], time.time()
     total, recent = args.copy_steps + args.steps, []
@@ -181,9 +195,14 @@ def main(argv=None) -> int:
             loss = model(ids, targets)
         else:
             base = args.seed * 10_000_000 + (step - args.copy_steps) * args.batch  # new images every step
-            views, texts = render("reading_nonce_words", 0, range(base, base + args.batch))
+            views, texts = render(train_gen, 0, range(base, base + args.batch))
             ids, targets = sequences([[IMAGE] * N_VISION] * args.batch, texts)
-            loss = model(ids, targets, images=views)
+            if args.ctc:
+                loss, ctc_loss = model(ids, targets, images=views,
+                                       ctc_answers=[torch.tensor(encode(t)) for t in texts])
+                loss = loss + args.ctc * ctc_loss
+            else:
+                loss = model(ids, targets, images=views)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -192,7 +211,8 @@ def main(argv=None) -> int:
         recent = (recent + [float(loss)])[-50:]
     print(f"`python recipes/bench/read_probe.py {shlex.join(argv if argv is not None else sys.argv[1:])}` — "
           f"{datetime.date.today()}, {cpu_model()}, {torch.get_num_threads()} threads, fp32; nano (SAM windows only), "
-          f"character vocabulary, batch {args.batch}, GPT lr {args.lr}, encoder lr {args.enc_lr}; held out: "
+          f"character vocabulary, {'text-line crops, ' if args.crop else ''}"
+          f"{f'CTC head on the token columns (weight {args.ctc}), ' if args.ctc else ''}batch {args.batch}, GPT lr {args.lr}, encoder lr {args.enc_lr}; held out: "
           f"{len(held_refs)} nonce-word images, {len(unseen_refs)} word-level unseen-word images (rendered in "
           f"{render_s:.0f} s)\n")
     print("| step | seconds | phase | train loss (mean since the last row) | CER nonce words | CER unseen words | "
