@@ -316,6 +316,12 @@ def test_decoder_probe_oracle_holds_the_line(monkeypatch):
             assert col == 0 and (place == "row" or row == 0), (place, row, col)
             rows.add(row)
         assert place == "corner" or len(rows) > 1
+    # --min-chars-per-token 2 --chars-per-token 2: every token holds two characters (the last one may hold one)
+    oracle = dp.Oracle(dim=64, max_k=2, seed=3, min_k=2)
+    grids, _, _, _, texts = oracle.batch(random.Random(6), 16)
+    for b, text in enumerate(texts):
+        filled = int(((grids[b] * 64 ** 0.5 - oracle.pos).abs().amax(-1) > 1e-4).sum())
+        assert filled == -(-len(text) // 2), (text, filled)
 
 
 def test_read_probe(bench, capsys):

@@ -4,10 +4,11 @@
     python recipes/bench/decoder_probe.py --steps 800 --chars-per-token 1
     python recipes/bench/decoder_probe.py --steps 2200 --chars-per-token 1 --text-steps 1500
     python recipes/bench/decoder_probe.py --steps 600 --chars-per-token 1 --place corner   # lines start at cell 0
+    python recipes/bench/decoder_probe.py --steps 600 --chars-per-token 2 --min-chars-per-token 2 --place corner
 
 No encoder, no pixels: each sample is one line of 1-3 random letter strings (as `reading_nonce_words`) laid on the
 tiny view's 8 x 8 token grid at a random row and column, k characters per token (k drawn per sample from
-1..--chars-per-token, as a 64 px token holds 1-4 characters of the curriculum's text). A token's vector is
+--min-chars-per-token..--chars-per-token, as a 64 px token holds 1-4 characters of the curriculum's text). A token's vector is
 pos[r, c] + sum_j slot[j] * char[c_j] (fixed random vectors, so a token holds its characters in order and its
 place, exactly and linearly readable for k = 1), put through a trainable Linear (the model's projector) into the
 GPT's embedding at the image positions, a learned newline vector after every row and a separator at the end: the
@@ -51,9 +52,9 @@ N_VISION = layout_tokens(GRID, (1, 1), 0)  # 8 x (8 + newline) + separator = 73
 class Oracle:
     """Random lines and their exact token grids; `dim` = width of the oracle vectors."""
 
-    def __init__(self, dim: int, max_k: int, seed: int = 1, place: str = "random"):
+    def __init__(self, dim: int, max_k: int, seed: int = 1, place: str = "random", min_k: int = 1):
         g = torch.Generator().manual_seed(seed)
-        self.dim, self.max_k, self.place = dim, max_k, place
+        self.dim, self.max_k, self.place, self.min_k = dim, max_k, place, min_k
         self.pos = torch.randn(GRID, GRID, dim, generator=g)
         self.slot = torch.randn(max_k, dim, generator=g)
         self.char = torch.randn(len(CHARS), dim, generator=g)
@@ -62,7 +63,7 @@ class Oracle:
         """(grid (8, 8, dim), the grid as token ids in the model's order (73), the line)."""
         text = " ".join("".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(1, 9)))
                         for _ in range(rng.randint(1, 3)))
-        k = rng.randint(1, self.max_k)
+        k = rng.randint(self.min_k, self.max_k)
         text = text[:GRID * k].rstrip()  # one row holds 8 k characters
         row, col = rng.randrange(GRID), rng.randint(0, GRID - math.ceil(len(text) / k))
         if self.place == "corner":  # the line always starts at the grid's first cell
@@ -139,6 +140,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--text-steps", type=int, default=0, help="first steps on the grid as token ids (copy task)")
     ap.add_argument("--chars-per-token", type=int, default=4, help="k is drawn per sample from 1..this")
+    ap.add_argument("--min-chars-per-token", type=int, default=1, help="... or from this..--chars-per-token")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=50)
@@ -159,7 +161,7 @@ def main(argv=None) -> int:
                         n_kv_head=args.n_embd // 64, n_embd=args.n_embd, layout=args.layout))
     gpt.init_weights()
     model = Reader(gpt, args.dim).train()
-    oracle = Oracle(args.dim, args.chars_per_token, place=args.place)
+    oracle = Oracle(args.dim, args.chars_per_token, place=args.place, min_k=args.min_chars_per_token)
     held = oracle.batch(random.Random(10_000 + args.seed), args.val)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup))
@@ -188,7 +190,7 @@ def main(argv=None) -> int:
         window.append(float(loss))
     print(f"`python recipes/bench/decoder_probe.py {shlex.join(argv if argv is not None else sys.argv[1:])}` — "
           f"{datetime.date.today()}, {cpu_model()}, {torch.get_num_threads()} threads; GPT {args.layout} "
-          f"{args.n_layer} x {args.n_embd}, batch {args.batch}, lr {args.lr}, 1-{args.chars_per_token} characters "
+          f"{args.n_layer} x {args.n_embd}, batch {args.batch}, lr {args.lr}, {args.min_chars_per_token}-{args.chars_per_token} characters "
           f"per token, lines placed: {args.place}, {args.text_steps} text steps first, {args.val} held-out lines\n")
     print("| step | seconds | phase | train loss (mean since the last row) | held-out CER | first held-out line |")
     print("|---:|---:|---|---:|---:|---|")
