@@ -370,13 +370,13 @@ def sample(name: str, seed: int, i: int) -> tuple[dict, dict]:
     A `reading_crop*` name draws the sample of its uncropped split (CROPS) and crops it to the text (_crop)."""
     if name not in SPLITS and name not in CROPS:
         raise ValueError(f"unknown reading generator {name!r}; expected one of {sorted({**SPLITS, **CROPS})}")
-    crop_of, name = (name, CROPS[name]) if name in CROPS else (None, name)
-    unseen_words, unseen_fonts = SPLITS[name]
+    split = CROPS.get(name, name)  # whose sample i this is: a crop draws its split's
+    unseen_words, unseen_fonts = SPLITS[split]
     train_fonts, held_fonts = font_split()
-    vocab = None if name in NONCE else HELD_OUT_WORDS if unseen_words else TRAIN_WORDS
-    rng = random.Random(f"{name}:{seed}:{i}")
+    vocab = None if split in NONCE else HELD_OUT_WORDS if unseen_words else TRAIN_WORDS
+    rng = random.Random(f"{split}:{seed}:{i}")
     level = _pick_level(rng)  # drawn for every name, even where overridden: the same samples as the measured runs
-    if name == "reading_nonce_words":
+    if split == "reading_nonce_words":
         level = "word"
     font_rel = rng.choice(held_fonts if unseen_fonts else train_fonts)
     width = rng.randint(512, 640)
@@ -408,11 +408,11 @@ def sample(name: str, seed: int, i: int) -> tuple[dict, dict]:
         draw.text((x, y + k * step), line, font=fnt, fill=fg)
     info = {"level": level, "font": font_rel, "size": size, "fg": fg, "bg": bg, "lines": lines,
             "blur": None, "noise": None, "jpeg": None}
-    if crop_of is not None:
-        name = crop_of
+    if name in CROPS:
         mask = Image.new("L", img.size, 0)  # the ink alone: the glyphs' own box, bearings excluded
+        ink = ImageDraw.Draw(mask)
         for k, line in enumerate(lines):
-            ImageDraw.Draw(mask).text((x, y + k * step), line, font=fnt, fill=255)
+            ink.text((x, y + k * step), line, font=fnt, fill=255)
         img, info["crop"] = _crop(img, bg, mask.getbbox(), random.Random(f"{name}:{seed}:{i}"))
     img = _degrade(img, rng, info)
     rid = f"{name}-s{seed}-{i:06d}-{level}-{Path(font_rel).stem}"

@@ -8,16 +8,17 @@
 
 No encoder, no pixels: each sample is one line of 1-3 random letter strings (as `reading_nonce_words`) laid on the
 tiny view's 8 x 8 token grid at a random row and column, k characters per token (k drawn per sample from
---min-chars-per-token..--chars-per-token, as a 64 px token holds 1-4 characters of the curriculum's text). A token's vector is
-pos[r, c] + sum_j slot[j] * char[c_j] (fixed random vectors, so a token holds its characters in order and its
-place, exactly and linearly readable for k = 1), put through a trainable Linear (the model's projector) into the
-GPT's embedding at the image positions, a learned newline vector after every row and a separator at the end: the
-73 vectors of one tiny view, in the model's order. Then a separator token, the answer, an end token; the loss is the
-answer's. The GPT is the model's (nanoocr.model.gpt, `--layout`, nano's widths by default), trained with AdamW
+--min-chars-per-token..--chars-per-token, as a 64 px token holds 1-4 characters of the curriculum's text).
+A token's vector is pos[r, c] + sum_j slot[j] * char[c_j] (fixed random vectors, so a token holds its characters
+in order and its place, exactly and linearly readable for k = 1), put through a trainable Linear (the model's
+projector) into the GPT's embedding at the image positions, a learned newline vector after every row and a
+separator at the end: the 73 vectors of one tiny view, in the model's order. Then a separator token, the answer, an
+end token; the loss is the answer's. The GPT is the model's (nanoocr.model.gpt, `--layout`, nano's widths by default), trained with AdamW
 (warmup 50, clip 1.0). Every --every steps 64 held-out lines (another seed) are read by greedy decoding and scored
 (CER). `--place corner` starts every line in the grid's first cell, `--place row` in the first cell of a random
-row (as text-line crops place it), instead of anywhere. `--text-steps N`: for the first N steps the grid holds the characters' own token ids instead (a copy task in
-text: what a pretrained language model can already do), then the vision tokens as above.
+row (as text-line crops place it), instead of anywhere. `--text-steps N`: for the first N steps the grid holds the
+characters' own token ids instead (a copy task in text: what a pretrained language model can already do), then
+the vision tokens as above.
 
 Why: the reading runs (BENCHMARKS.md "It reads?") showed features that differ between images, and a CTC head that
 finds glyphs in them, but a GPT that never reads. This asks whether the GPT could, given perfect tokens.
@@ -190,8 +191,9 @@ def main(argv=None) -> int:
         window.append(float(loss))
     print(f"`python recipes/bench/decoder_probe.py {shlex.join(argv if argv is not None else sys.argv[1:])}` — "
           f"{datetime.date.today()}, {cpu_model()}, {torch.get_num_threads()} threads; GPT {args.layout} "
-          f"{args.n_layer} x {args.n_embd}, batch {args.batch}, lr {args.lr}, {args.min_chars_per_token}-{args.chars_per_token} characters "
-          f"per token, lines placed: {args.place}, {args.text_steps} text steps first, {args.val} held-out lines\n")
+          f"{args.n_layer} x {args.n_embd}, batch {args.batch}, lr {args.lr}, "
+          f"{args.min_chars_per_token}-{args.chars_per_token} characters per token, lines placed: {args.place}, "
+          f"{args.text_steps} text steps first, {args.val} held-out lines\n")
     print("| step | seconds | phase | train loss (mean since the last row) | held-out CER | first held-out line |")
     print("|---:|---:|---|---:|---:|---|")
     for step, secs, phase, train, score, example in rows:

@@ -212,7 +212,8 @@ def main(argv=None) -> int:
     print(f"`python recipes/bench/read_probe.py {shlex.join(argv if argv is not None else sys.argv[1:])}` — "
           f"{datetime.date.today()}, {cpu_model()}, {torch.get_num_threads()} threads, fp32; nano (SAM windows only), "
           f"character vocabulary, {'text-line crops, ' if args.crop else ''}"
-          f"{f'CTC head on the token columns (weight {args.ctc}), ' if args.ctc else ''}batch {args.batch}, GPT lr {args.lr}, encoder lr {args.enc_lr}; held out: "
+          f"{f'CTC head on the token columns (weight {args.ctc}), ' if args.ctc else ''}"
+          f"batch {args.batch}, GPT lr {args.lr}, encoder lr {args.enc_lr}; held out: "
           f"{len(held_refs)} nonce-word images, {len(unseen_refs)} word-level unseen-word images (rendered in "
           f"{render_s:.0f} s)\n")
     print("| step | seconds | phase | train loss (mean since the last row) | CER nonce words | CER unseen words | "
