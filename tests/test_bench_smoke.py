@@ -308,7 +308,8 @@ def test_decoder_probe_oracle_holds_the_line(monkeypatch):
                 assert "".join(dp.CHARS[t - 1] for t in cells_ids) == text
     # --place: a line starts in the first cell (corner) or a row's first cell (row); spaces are cells too
     for place in ("corner", "row"):
-        grids, ids, text_ids, targets, texts = dp.Oracle(dim=64, max_k=1, seed=3, place=place).batch(random.Random(5), 16)
+        oracle = dp.Oracle(dim=64, max_k=1, seed=3, place=place)
+        grids, ids, text_ids, targets, texts = oracle.batch(random.Random(5), 16)
         rows = set()
         for b, text in enumerate(texts):
             first = next(i for i, t in enumerate(text_ids[b, :dp.N_VISION].tolist()) if 1 <= t <= len(dp.CHARS))

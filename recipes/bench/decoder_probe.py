@@ -13,12 +13,12 @@ A token's vector is pos[r, c] + sum_j slot[j] * char[c_j] (fixed random vectors,
 in order and its place, exactly and linearly readable for k = 1), put through a trainable Linear (the model's
 projector) into the GPT's embedding at the image positions, a learned newline vector after every row and a
 separator at the end: the 73 vectors of one tiny view, in the model's order. Then a separator token, the answer, an
-end token; the loss is the answer's. The GPT is the model's (nanoocr.model.gpt, `--layout`, nano's widths by default), trained with AdamW
-(warmup 50, clip 1.0). Every --every steps 64 held-out lines (another seed) are read by greedy decoding and scored
-(CER). `--place corner` starts every line in the grid's first cell, `--place row` in the first cell of a random
-row (as text-line crops place it), instead of anywhere. `--text-steps N`: for the first N steps the grid holds the
-characters' own token ids instead (a copy task in text: what a pretrained language model can already do), then
-the vision tokens as above.
+end token; the loss is the answer's. The GPT is the model's (nanoocr.model.gpt, `--layout`, nano's widths by
+default), trained with AdamW (warmup 50, clip 1.0). Every --every steps 64 held-out lines (another seed) are read
+by greedy decoding and scored (CER). `--place corner` starts every line in the grid's first cell, `--place row` in
+the first cell of a random row (as text-line crops place it), instead of anywhere. `--text-steps N`: for the first
+N steps the grid holds the characters' own token ids instead (a copy task in text: what a pretrained language model
+can already do), then the vision tokens as above.
 
 Why: the reading runs (BENCHMARKS.md "It reads?") showed features that differ between images, and a CTC head that
 finds glyphs in them, but a GPT that never reads. This asks whether the GPT could, given perfect tokens.
