@@ -173,3 +173,34 @@ def test_crops_are_their_splits_samples_cut_to_the_text():
             assert img.height - 1 - rows[-1] <= reading.CROP_MARGIN_Y[1] + slack, (rec["id"], rows[-3:])
     with pytest.raises(ValueError, match="unknown reading generator"):
         reading.sample("reading_crop_x", 0, 0)
+
+
+def test_big_words_one_word_about_one_letter_per_token():
+    """reading_big*: one word of the named split's words and fonts, cropped to the ink; measured on the pixels, the
+    tiny view (the crop padded to a square, 512 px) spans about one 64 px token per letter."""
+    train_fonts, held_fonts = reading.font_split()
+    per_token = []
+    for name, split in reading.BIG.items():
+        assert GENERATORS[name] is reading.READING_GENERATORS[name]
+        assert [r["image"] for r in GENERATORS[name](3, 5)] == [r["image"] for r in GENERATORS[name](3, 5)]
+        fonts = set()
+        for i in range(40):
+            rec, info = reading.sample(name, 0, i)
+            validate_record(rec)
+            text = answer(rec)
+            assert info["level"] == "big" and rec["id"].startswith(f"{name}-s0-{i:06d}-big-")
+            assert " " not in text and "\n" not in text and text
+            assert reading.BIG_EM[0] <= info["size"] <= reading.BIG_EM[1]
+            if text.isalpha() and split != "reading_nonce":
+                assert (text.lower() in reading.HELD_OUT_WORDS) == (split == "reading_unseen_words"), text
+            if split == "reading_nonce":
+                assert not text.isalpha() or text.lower() not in reading.WORDS
+            fonts.add(info["font"])
+            img = Image.open(io.BytesIO(rec["image"]))
+            grey = np.asarray(img.convert("L"), dtype=np.int16)
+            ink = np.abs(grey - info["bg"]) > abs(info["fg"] - info["bg"]) / 2
+            cols = np.flatnonzero(ink.any(axis=0))
+            assert cols[0] <= reading.CROP_MARGIN_X[1] + 3, (rec["id"], cols[:3])
+            per_token.append(len(text) / ((cols[-1] - cols[0] + 1) * 512 / max(img.size) / 64))
+        assert fonts <= set(held_fonts if split == "reading_unseen_fonts" else train_fonts), fonts
+    assert 0.8 < float(np.median(per_token)) < 1.25 and max(per_token) < 2.0, (np.median(per_token), max(per_token))

@@ -12,6 +12,8 @@ rendered in many fonts, with held-out words and held-out fonts for measuring gen
 | reading_fine_unseen_words | HELD_OUT_WORDS     | train fonts           | eval: fine text it never saw      |
 | reading_crop, reading_crop_unseen_words, reading_crop_unseen_fonts, reading_crop_nonce, reading_crop_nonce_words |
 |                       | as the uncropped split | as the uncropped split | the same samples as text-line crops |
+| reading_big, reading_big_unseen_words, reading_big_unseen_fonts, reading_big_nonce |
+|                       | as the split named     | as the split named    | one big word, cropped: ~1 letter per tiny-view token |
 
 Each generator is `gen(n, seed=0) -> Iterator[record]` (the nanoocr.data.synthetic signature; registered in
 its GENERATORS, so `synthetic:reading:100000` is a conversion SPEC). Sample i depends only on (name, seed, i):
@@ -39,6 +41,12 @@ views centres the strip vertically, so the first character is at the left edge o
 canvas the text starts anywhere, and a fresh GPT must first learn to find it: with perfect vision tokens it
 reads text that always starts in the same place within ~500 steps and text placed at random not in 800
 (BENCHMARKS.md "Can the GPT read at all?").
+
+Big words (`reading_big*`, BIG): one token of the named split's words and fonts at an em of 80-120 px, cropped
+as above: the first stage of reading, at about one letter per vision token of the tiny view (a token covers 64 px;
+a lowercase letter's advance is about half an em). With perfect vision tokens a fresh GPT reads one letter per
+token from a fixed start within ~500 steps and two or three letters per token far more slowly (BENCHMARKS.md "Can
+the GPT read at all?"), so this is the size at which a model trained from scratch can start to read.
 
 Nonce words (`reading_nonce`): every token is a random string of 1-9 letters drawn uniformly from a-z (then
 cased as above; numbers as above), never one of WORDS. `reading_nonce_words` draws only the word level
@@ -368,9 +376,9 @@ def _degrade(img: Image.Image, rng: random.Random, info: dict) -> Image.Image:
 def sample(name: str, seed: int, i: int) -> tuple[dict, dict]:
     """(record, rendering parameters) of sample `i` of generator `name`; depends on nothing but the three.
     A `reading_crop*` name draws the sample of its uncropped split (CROPS) and crops it to the text (_crop)."""
-    if name not in SPLITS and name not in CROPS:
-        raise ValueError(f"unknown reading generator {name!r}; expected one of {sorted({**SPLITS, **CROPS})}")
-    split = CROPS.get(name, name)  # whose sample i this is: a crop draws its split's
+    if name not in SPLITS and name not in CROPS and name not in BIG:
+        raise ValueError(f"unknown reading generator {name!r}; expected one of {sorted({**SPLITS, **CROPS, **BIG})}")
+    split = CROPS.get(name) or BIG.get(name) or name  # whose words and fonts: a crop draws its split's sample i
     unseen_words, unseen_fonts = SPLITS[split]
     train_fonts, held_fonts = font_split()
     vocab = None if split in NONCE else HELD_OUT_WORDS if unseen_words else TRAIN_WORDS
@@ -378,10 +386,14 @@ def sample(name: str, seed: int, i: int) -> tuple[dict, dict]:
     level = _pick_level(rng)  # drawn for every name, even where overridden: the same samples as the measured runs
     if split == "reading_nonce_words":
         level = "word"
+    if name in BIG:
+        level = "big"
     font_rel = rng.choice(held_fonts if unseen_fonts else train_fonts)
     width = rng.randint(512, 640)
     max_w = width - 32  # at least 16 px of margin each side
-    if level == "word":
+    if level == "big":
+        size, counts, punctuate = rng.randint(*BIG_EM), [1], False
+    elif level == "word":
         size, counts, punctuate = rng.randint(32, 64), [rng.randint(1, 3)], False
     elif level == "line":
         size, counts, punctuate = rng.randint(24, 40), [rng.randint(4, 10)], True
@@ -408,7 +420,7 @@ def sample(name: str, seed: int, i: int) -> tuple[dict, dict]:
         draw.text((x, y + k * step), line, font=fnt, fill=fg)
     info = {"level": level, "font": font_rel, "size": size, "fg": fg, "bg": bg, "lines": lines,
             "blur": None, "noise": None, "jpeg": None}
-    if name in CROPS:
+    if name in CROPS or name in BIG:
         mask = Image.new("L", img.size, 0)  # the ink alone: the glyphs' own box, bearings excluded
         ink = ImageDraw.Draw(mask)
         for k, line in enumerate(lines):
@@ -472,6 +484,10 @@ CROPS = {"reading_crop": "reading", "reading_crop_unseen_words": "reading_unseen
          "reading_crop_nonce_words": "reading_nonce_words"}
 CROP_MARGIN_X, CROP_MARGIN_Y = (2, 12), (1, 8)  # pixels of background kept around the ink, drawn per side
 CROP_MIN_WIDTH = 384
+# One big word cropped: big name -> the split whose words and fonts it draws (its own samples, not the split's).
+BIG = {"reading_big": "reading", "reading_big_unseen_words": "reading_unseen_words",
+       "reading_big_unseen_fonts": "reading_unseen_fonts", "reading_big_nonce": "reading_nonce"}
+BIG_EM = (80, 120)  # em in pixels: about one lowercase letter per 64 px token
 NONCE = ("reading_nonce", "reading_nonce_words")  # the generators whose tokens are random letter strings
 FINE_SPLITS = {"reading_fine": False, "reading_fine_unseen_words": True}  # name -> held-out words?
 
@@ -519,15 +535,17 @@ def reading_fine_unseen_words(n: int, seed: int = 0) -> Iterator[dict]:
     return (fine_sample("reading_fine_unseen_words", seed, i)[0] for i in range(n))
 
 
-def _crops(name: str):
+def _generator(name: str, doc: str):
     def gen(n: int, seed: int = 0) -> Iterator[dict]:
         return _stream(name, n, seed)
-    gen.__name__ = name
-    gen.__doc__ = f"Text-line crops of `{CROPS[name]}`: sample i is its sample i cut to the text (_crop)."
+    gen.__name__, gen.__doc__ = name, doc
     return gen
 
 
-READING_GENERATORS = {**{name: _crops(name) for name in CROPS},
+READING_GENERATORS = {**{name: _generator(name, f"Text-line crops of `{split}`: sample i is its sample i cut to the "
+                                                 "text (_crop).") for name, split in CROPS.items()},
+                      **{name: _generator(name, f"One big word of `{split}`'s words and fonts, cropped (BIG_EM).")
+                         for name, split in BIG.items()},
                       "reading": reading, "reading_unseen_words": reading_unseen_words,
                       "reading_unseen_fonts": reading_unseen_fonts, "reading_nonce": reading_nonce,
                       "reading_nonce_words": reading_nonce_words,

@@ -143,12 +143,17 @@ def main(argv=None) -> int:
     ap.add_argument("--crop", action="store_true",
                     help="text-line crops (reading_crop_nonce_words / reading_crop_unseen_words): the text starts at "
                          "the image's left edge instead of anywhere on a canvas")
+    ap.add_argument("--big", action="store_true",
+                    help="one big word per image, cropped (reading_big_nonce / reading_big_unseen_words / "
+                         "reading_big_unseen_fonts: em 80-120 px, about one letter per vision token)")
     ap.add_argument("--ctc", type=float, default=0.0,
                     help="weight of a CTC reading head on the vision token columns (model.vlm.ctc_source: columns, "
                          "8 frames per column) added to the loss in the read phase; 0 = no head")
     args = ap.parse_args(argv)
-    train_gen, unseen_gen = ("reading_crop_nonce_words", "reading_crop_unseen_words") if args.crop else \
-        ("reading_nonce_words", "reading_unseen_words")
+    train_gen, unseen_gen, fonts_gen = (
+        ("reading_big_nonce", "reading_big_unseen_words", "reading_big_unseen_fonts") if args.big else
+        ("reading_crop_nonce_words", "reading_crop_unseen_words", "reading_crop_unseen_fonts") if args.crop else
+        ("reading_nonce_words", "reading_unseen_words", "reading_unseen_fonts"))
     torch.manual_seed(args.seed)
     ctc = dict(ctc_source="columns", ctc_upsample=8) if args.ctc else {}
     model = NanoOCR(build_config("nano", sam={"global_attn_indexes": ()}, gpt={"vocab_size": VOCAB}, **ctc)).train()
@@ -161,8 +166,10 @@ def main(argv=None) -> int:
                             weight_decay=0.0)
     t0 = time.time()
     held_views, held_refs = render(train_gen, 9, range(args.val))
-    unseen = [i for i in range(args.unseen) if reading.sample(unseen_gen, 1, i)[1]["level"] == "word"]
-    unseen_views, unseen_refs = render(unseen_gen, 1, unseen)
+    held_out = {}  # the word-level samples among the first --unseen of each held-out split
+    for gen in (unseen_gen, fonts_gen):
+        held_out[gen] = render(gen, 1, [i for i in range(args.unseen)
+                                        if reading.sample(gen, 1, i)[1]["level"] in ("word", "big")])
     render_s = time.time() - t0
     rng, rows, window, t0 = random.Random(args.seed), [], [], time.time()
     total, recent = args.copy_steps + args.steps, []
@@ -177,13 +184,14 @@ def main(argv=None) -> int:
         if step % args.every == 0 or step == total:
             if phase == "read" or step == total:
                 nonce, example = score(model, held_views, held_refs)
-                words, _ = score(model, unseen_views, unseen_refs)
+                words, _ = score(model, *held_out[unseen_gen])
+                fonts, _ = score(model, *held_out[fonts_gen])
             else:
-                nonce, words, example = float("nan"), float("nan"), ""
+                nonce, words, fonts, example = float("nan"), float("nan"), float("nan"), ""
             train = sum(window) / len(window) if window else float("nan")
-            rows.append((step, time.time() - t0, phase, train, nonce, words, example))
-            print(f"step {step} ({phase}): loss {train:.3f}, CER nonce {nonce:.3f}, unseen words {words:.3f} "
-                  f"{example}", file=sys.stderr, flush=True)
+            rows.append((step, time.time() - t0, phase, train, nonce, words, fonts, example))
+            print(f"step {step} ({phase}): loss {train:.3f}, CER nonce {nonce:.3f}, unseen words {words:.3f}, "
+                  f"unseen fonts {fonts:.3f} {example}", file=sys.stderr, flush=True)
             window = []
         if step == total:
             break
@@ -211,16 +219,16 @@ def main(argv=None) -> int:
         recent = (recent + [float(loss)])[-50:]
     print(f"`python recipes/bench/read_probe.py {shlex.join(argv if argv is not None else sys.argv[1:])}` — "
           f"{datetime.date.today()}, {cpu_model()}, {torch.get_num_threads()} threads, fp32; nano (SAM windows only), "
-          f"character vocabulary, {'text-line crops, ' if args.crop else ''}"
+          f"character vocabulary, {train_gen}, "
           f"{f'CTC head on the token columns (weight {args.ctc}), ' if args.ctc else ''}"
           f"batch {args.batch}, GPT lr {args.lr}, encoder lr {args.enc_lr}; held out: "
-          f"{len(held_refs)} nonce-word images, {len(unseen_refs)} word-level unseen-word images (rendered in "
-          f"{render_s:.0f} s)\n")
+          f"{len(held_refs)} nonce-word images, {len(held_out[unseen_gen][1])} word-level unseen-word images, "
+          f"{len(held_out[fonts_gen][1])} word-level unseen-font images (rendered in {render_s:.0f} s)\n")
     print("| step | seconds | phase | train loss (mean since the last row) | CER nonce words | CER unseen words | "
-          "first held-out image |")
-    print("|---:|---:|---|---:|---:|---:|---|")
-    for step, secs, phase, train, nonce, words, example in rows:
-        print(f"| {step} | {secs:.0f} | {phase} | {train:.3f} | {nonce:.3f} | {words:.3f} | {example} |")
+          "CER unseen fonts | first held-out image |")
+    print("|---:|---:|---|---:|---:|---:|---:|---|")
+    for step, secs, phase, train, nonce, words, fonts, example in rows:
+        print(f"| {step} | {secs:.0f} | {phase} | {train:.3f} | {nonce:.3f} | {words:.3f} | {fonts:.3f} | {example} |")
     return 0
 
 
