@@ -146,12 +146,16 @@ def main(argv=None) -> int:
     ap.add_argument("--big", action="store_true",
                     help="one big word per image, cropped (reading_big_nonce / reading_big_unseen_words / "
                          "reading_big_unseen_fonts: em 80-120 px, about one letter per vision token)")
+    ap.add_argument("--mono", action="store_true",
+                    help="one monospace word per image, one letter per vision token at fixed columns "
+                         "(reading_mono_nonce / reading_mono_unseen_words / reading_mono_unseen_fonts: FreeMono)")
     ap.add_argument("--ctc", type=float, default=0.0,
                     help="weight of a CTC reading head on the vision token columns (model.vlm.ctc_source: columns, "
                          "8 frames per column) added to the loss in the read phase; 0 = no head")
     args = ap.parse_args(argv)
     train_gen, unseen_gen, fonts_gen = (
         ("reading_big_nonce", "reading_big_unseen_words", "reading_big_unseen_fonts") if args.big else
+        ("reading_mono_nonce", "reading_mono_unseen_words", "reading_mono_unseen_fonts") if args.mono else
         ("reading_crop_nonce_words", "reading_crop_unseen_words", "reading_crop_unseen_fonts") if args.crop else
         ("reading_nonce_words", "reading_unseen_words", "reading_unseen_fonts"))
     torch.manual_seed(args.seed)
@@ -169,9 +173,9 @@ def main(argv=None) -> int:
     held_out = {}  # the word-level samples among the first --unseen of each held-out split
     for gen in (unseen_gen, fonts_gen):
         held_out[gen] = render(gen, 1, [i for i in range(args.unseen)
-                                        if reading.sample(gen, 1, i)[1]["level"] in ("word", "big")])
+                                        if reading.sample(gen, 1, i)[1]["level"] in ("word", "big", "mono")])
     render_s = time.time() - t0
-    rng, rows, window, t0 = random.Random(args.seed), [], [], time.time()
+    rng, rows, window, ctc_window, t0 = random.Random(args.seed), [], [], [], time.time()
     total, recent = args.copy_steps + args.steps, []
     step = -1
     while step < total:  # the copy phase may end early (--copy-until): total moves with it
@@ -189,10 +193,11 @@ def main(argv=None) -> int:
             else:
                 nonce, words, fonts, example = float("nan"), float("nan"), float("nan"), ""
             train = sum(window) / len(window) if window else float("nan")
-            rows.append((step, time.time() - t0, phase, train, nonce, words, fonts, example))
-            print(f"step {step} ({phase}): loss {train:.3f}, CER nonce {nonce:.3f}, unseen words {words:.3f}, "
+            ctc_mean = sum(ctc_window) / len(ctc_window) if ctc_window else float("nan")
+            rows.append((step, time.time() - t0, phase, train, ctc_mean, nonce, words, fonts, example))
+            print(f"step {step} ({phase}): loss {train:.3f}, CTC {ctc_mean:.3f}, CER nonce {nonce:.3f}, unseen words {words:.3f}, "
                   f"unseen fonts {fonts:.3f} {example}", file=sys.stderr, flush=True)
-            window = []
+            window, ctc_window = [], []
         if step == total:
             break
         for g in opt.param_groups:  # warmup at the start of each phase
@@ -200,7 +205,7 @@ def main(argv=None) -> int:
                 1.0, (step - (0 if phase == "copy" else args.copy_steps) + 1) / args.warmup)
         if phase == "copy":
             ids, targets = copy_batch(rng, args.batch)
-            loss = model(ids, targets)
+            loss = loss_total = model(ids, targets)
         else:
             base = args.seed * 10_000_000 + (step - args.copy_steps) * args.batch  # new images every step
             views, texts = render(train_gen, 0, range(base, base + args.batch))
@@ -208,11 +213,12 @@ def main(argv=None) -> int:
             if args.ctc:
                 loss, ctc_loss = model(ids, targets, images=views,
                                        ctc_answers=[torch.tensor(encode(t)) for t in texts])
-                loss = loss + args.ctc * ctc_loss
+                ctc_window.append(float(ctc_loss))
+                loss_total = loss + args.ctc * ctc_loss
             else:
-                loss = model(ids, targets, images=views)
+                loss = loss_total = model(ids, targets, images=views)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         window.append(float(loss))
@@ -224,11 +230,12 @@ def main(argv=None) -> int:
           f"batch {args.batch}, GPT lr {args.lr}, encoder lr {args.enc_lr}; held out: "
           f"{len(held_refs)} nonce-word images, {len(held_out[unseen_gen][1])} word-level unseen-word images, "
           f"{len(held_out[fonts_gen][1])} word-level unseen-font images (rendered in {render_s:.0f} s)\n")
-    print("| step | seconds | phase | train loss (mean since the last row) | CER nonce words | CER unseen words | "
-          "CER unseen fonts | first held-out image |")
-    print("|---:|---:|---|---:|---:|---:|---:|---|")
-    for step, secs, phase, train, nonce, words, fonts, example in rows:
-        print(f"| {step} | {secs:.0f} | {phase} | {train:.3f} | {nonce:.3f} | {words:.3f} | {fonts:.3f} | {example} |")
+    print("| step | seconds | phase | GPT loss (mean since the last row) | CTC loss (same) | CER nonce words | "
+          "CER unseen words | CER unseen fonts | first held-out image |")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---|")
+    for step, secs, phase, train, ctc_mean, nonce, words, fonts, example in rows:
+        print(f"| {step} | {secs:.0f} | {phase} | {train:.3f} | {ctc_mean:.3f} | {nonce:.3f} | {words:.3f} | "
+              f"{fonts:.3f} | {example} |")
     return 0
 
 
