@@ -203,15 +203,20 @@ def test_a_model_with_a_ctc_head_needs_the_token_ids():
         build_config("nano", gpt={"vocab_size": 64}, image_token_id=63, ctc_upsample=2, ctc_source="clip")
 
 
-@pytest.mark.parametrize("yaml", ["reads_ctc.yaml", "reads_sam_ctc.yaml", "reads_columns_ctc.yaml"])
-def test_reads_ctc_yaml_shrunk_logs_both_losses(tmp_path, shrunk_reads, yaml):
+CURRICULUM_SETS = {"train": "reading:16:0", "nonce": "reading_nonce:16:0", "nonce_words": "reading_nonce_words:16:0",
+                   "unseen_words": "reading_unseen_words:2:1", "unseen_fonts": "reading_unseen_fonts:2:2"}
+CELLS_SETS = {"nonce": "reading_cells_nonce:16:0", "unseen_words": "reading_cells_unseen_words:2:1",
+              "unseen_fonts": "reading_cells_unseen_fonts:2:2"}
+
+
+@pytest.mark.parametrize("yaml, sets", [("reads_ctc.yaml", CURRICULUM_SETS), ("reads_sam_ctc.yaml", CURRICULUM_SETS),
+                                        ("reads_columns_ctc.yaml", CURRICULUM_SETS), ("reads_cells.yaml", CELLS_SETS)])
+def test_reads_ctc_yaml_shrunk_logs_both_losses(tmp_path, shrunk_reads, yaml, sets):
     """The CTC YAMLs as written, shrunk: their data sets pre-built small, a few batches; both losses logged every
     batch, the CTC loss finite and positive; the final greedy eval ran on the unseen-words set."""
     from nanoocr.train.recipe import train
     data, run = tmp_path / "reads", tmp_path / "run"
-    cfg = shrunk_reads(yaml, data, run, {
-        "train": "reading:16:0", "nonce": "reading_nonce:16:0", "nonce_words": "reading_nonce_words:16:0",
-        "unseen_words": "reading_unseen_words:2:1", "unseen_fonts": "reading_unseen_fonts:2:2"})
+    cfg = shrunk_reads(yaml, data, run, sets)
     train(cfg)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     ctc = [r["loss/train/ctc"] for r in rows if "loss/train/ctc" in r]

@@ -204,3 +204,35 @@ def test_big_words_one_word_about_one_letter_per_token():
             per_token.append(len(text) / ((cols[-1] - cols[0] + 1) * 512 / max(img.size) / 64))
         assert fonts <= set(held_fonts if split == "reading_unseen_fonts" else train_fonts), fonts
     assert 0.8 < float(np.median(per_token)) < 1.25 and max(per_token) < 2.0, (np.median(per_token), max(per_token))
+
+
+def test_cells_words_one_letter_per_token_column():
+    """reading_cells*: through the real tiny-view preprocessing, token column j (64 px) holds ink for each letter j of
+    the word and nothing lies past the word's last column but a wide capital's overhang; the word and font splits
+    hold."""
+    from nanoocr.data.images import image_views, open_image, padded_box
+    train_fonts, held_fonts = reading.font_split()
+    for name, split in reading.CELLS.items():
+        assert GENERATORS[name] is reading.READING_GENERATORS[name]
+        assert [r["image"] for r in GENERATORS[name](3, 5)] == [r["image"] for r in GENERATORS[name](3, 5)]
+        fonts = set()
+        for i in range(30):
+            rec, info = reading.sample(name, 0, i)
+            validate_record(rec)
+            text = answer(rec)
+            assert rec["id"].startswith(f"{name}-s0-{i:06d}-cells-") and " " not in text and 1 <= len(text) <= 7
+            if split == "reading_nonce":
+                assert not text.isalpha() or text.lower() not in reading.WORDS
+            elif text.isalpha():
+                assert (text.lower() in reading.HELD_OUT_WORDS) == (split == "reading_unseen_words"), text
+            fonts.add(info["font"])
+            img = open_image(rec["image"])
+            left, top, right, bottom = padded_box(img.width, img.height, 512)
+            assert (left, right) == (0, 512) and bottom - top == img.height  # scale 1: the strip is kept as is
+            view = image_views(img, "tiny", normalize=False).global_view[0, top:bottom].numpy()
+            ink = np.abs(view.astype(np.int16) - info["bg"]) > abs(info["fg"] - info["bg"]) / 2
+            per_column = ink.reshape(-1, 8, 64).sum(axis=(0, 2))
+            assert all(per_column[j] >= 30 for j in range(len(text))), (rec["id"], text, per_column)
+            assert not ink[:, 64 * len(text) + 32:].any(), (rec["id"], text, per_column)
+        assert fonts <= set(held_fonts if split == "reading_unseen_fonts" else train_fonts), fonts
+        assert split != "reading_unseen_fonts" or len(fonts) >= 2

@@ -14,8 +14,8 @@ rendered in many fonts, with held-out words and held-out fonts for measuring gen
 |                       | as the uncropped split | as the uncropped split | the same samples as text-line crops |
 | reading_big, reading_big_unseen_words, reading_big_unseen_fonts, reading_big_nonce |
 |                       | as the split named     | as the split named    | one big word, cropped: ~1 letter per tiny-view token |
-| reading_mono, reading_mono_unseen_words, reading_mono_unseen_fonts, reading_mono_nonce |
-|                       | as the split named     | monospace, FreeMono held out | one word, one letter per tiny-view token, aligned |
+| reading_cells, reading_cells_unseen_words, reading_cells_unseen_fonts, reading_cells_nonce |
+|                       | as the split named     | as the split named    | one word, one letter per 64 px cell (tiny-view token) |
 
 Each generator is `gen(n, seed=0) -> Iterator[record]` (the nanoocr.data.synthetic signature; registered in
 its GENERATORS, so `synthetic:reading:100000` is a conversion SPEC). Sample i depends only on (name, seed, i):
@@ -50,12 +50,13 @@ a lowercase letter's advance is about half an em). With perfect vision tokens a 
 token from a fixed start within ~500 steps and two or three letters per token far more slowly (BENCHMARKS.md "Can
 the GPT read at all?"), so this is the size at which a model trained from scratch can start to read.
 
-Monospace words (`reading_mono*`, MONO; mono_sample): one token of the named split's words in a monospace font,
-at the size whose advance is MONO_PITCH = 64 px, on a 512 px wide strip cut to the font's line box: in the tiny view
-(scale 1) letter j sits in token column j of the same token rows in every image. That is text at one letter per
-vision token where the GPT can read letter j at a fixed offset from its own position (with perfect tokens that is
-learned from scratch within ~500 steps), so the encoder's glyphs are the only thing to learn. Fonts: the monospace
-faces of the font packages, FreeMono held out (MONO_FONTS); reading_mono_unseen_fonts is in FreeMono.
+Letters in cells (`reading_cells*`, CELLS; cells_sample): one token of the named split's words and fonts, each
+letter centred in its own CELL = 64 px cell (a typewriter's fixed pitch, in any font) at an em of 64-88 px, on a
+512 px wide strip cut to the font's line box: in the tiny view (scale 1) letter j lies in token column j of the
+same token rows in every image. That is text at one letter per vision token where the GPT can read letter j at a
+fixed offset from its own position (with perfect tokens a fresh GPT learns that within ~500 steps), so the
+encoder's glyphs are what is left to learn. Proportional text at one letter per token (`reading_big*`), where
+letter j's column depends on the letters before it, is the harder next stage.
 
 Nonce words (`reading_nonce`): every token is a random string of 1-9 letters drawn uniformly from a-z (then
 cased as above; numbers as above), never one of WORDS. `reading_nonce_words` draws only the word level
@@ -385,11 +386,11 @@ def _degrade(img: Image.Image, rng: random.Random, info: dict) -> Image.Image:
 def sample(name: str, seed: int, i: int) -> tuple[dict, dict]:
     """(record, rendering parameters) of sample `i` of generator `name`; depends on nothing but the three.
     A `reading_crop*` name draws the sample of its uncropped split (CROPS) and crops it to the text (_crop)."""
-    if name in MONO:
-        return mono_sample(name, seed, i)
+    if name in CELLS:
+        return cells_sample(name, seed, i)
     if name not in SPLITS and name not in CROPS and name not in BIG:
         raise ValueError(f"unknown reading generator {name!r}; "
-                         f"expected one of {sorted({**SPLITS, **CROPS, **BIG, **MONO})}")
+                         f"expected one of {sorted({**SPLITS, **CROPS, **BIG, **CELLS})}")
     split = CROPS.get(name) or BIG.get(name) or name  # whose words and fonts: a crop draws its split's sample i
     unseen_words, unseen_fonts = SPLITS[split]
     train_fonts, held_fonts = font_split()
@@ -456,22 +457,20 @@ def _crop(img: Image.Image, bg: int, ink: tuple, rng: random.Random) -> tuple[Im
     return out, (x0, y0, x1, y1)
 
 
-def mono_sample(name: str, seed: int, i: int) -> tuple[dict, dict]:
-    """(record, parameters) of a monospace word strip (MONO): MONO_WIDTH x the font's line box plus 1-8 px, the word
-    starting 2-12 px from the left edge, each letter MONO_PITCH px wide (to within a pixel over the word)."""
-    split = MONO[name]
-    train, held = (tuple(f for f in faces if (FONT_ROOT / f).is_file()) for faces in MONO_FONTS)
-    if not train or not held:
-        raise FontsMissing(f"the monospace reading splits need {MONO_FONTS} (found train {train}, held out {held}) "
-                           f"under {FONT_ROOT}: apt-get install {FONT_PACKAGES}")
+def cells_sample(name: str, seed: int, i: int) -> tuple[dict, dict]:
+    """(record, parameters) of a letters-in-cells strip (CELLS): CELLS_WIDTH x the font's line box plus 1-8 px, letter
+    j centred in the CELL px cell that starts CELL * j + 2-12 px from the left edge."""
+    split = CELLS[name]
     unseen_words, unseen_fonts = SPLITS[split]
+    train_fonts, held_fonts = font_split()
     vocab = None if split in NONCE else HELD_OUT_WORDS if unseen_words else TRAIN_WORDS
     rng = random.Random(f"{name}:{seed}:{i}")
-    font_rel = rng.choice(held if unseen_fonts else train)
-    size = round(MONO_PITCH * 100 / _font(font_rel, 100).getlength("n"))
-    fnt = _font(font_rel, size)
+    font_rel = rng.choice(held_fonts if unseen_fonts else train_fonts)
+    fnt = _font(font_rel, rng.randint(*CELLS_EM))
     x, top, bottom = rng.randint(*CROP_MARGIN_X), rng.randint(*CROP_MARGIN_Y), rng.randint(*CROP_MARGIN_Y)
-    text = _line(rng, vocab, fnt, MONO_WIDTH - x - MONO_PITCH // 2, 1, False)
+    text = _token(rng, vocab)
+    while len(text) > CELLS_WIDTH // CELL - 1:  # the last cell is cut by the margin: at most 7 letters
+        text = _token(rng, vocab)
     ascent, descent = fnt.getmetrics()
     if rng.random() < 0.1:  # light text on a dark ground
         bg = rng.randint(0, 90)
@@ -479,12 +478,14 @@ def mono_sample(name: str, seed: int, i: int) -> tuple[dict, dict]:
     else:
         bg = rng.randint(165, 255)
         fg = rng.randint(0, bg - 90)
-    img = Image.new("L", (MONO_WIDTH, top + ascent + descent + bottom), bg)
-    ImageDraw.Draw(img).text((x, top), text, font=fnt, fill=fg)
-    info = {"level": "mono", "font": font_rel, "size": size, "fg": fg, "bg": bg, "lines": [text], "x": x,
+    img = Image.new("L", (CELLS_WIDTH, top + ascent + descent + bottom), bg)
+    draw = ImageDraw.Draw(img)
+    for j, c in enumerate(text):
+        draw.text((x + CELL * j + round((CELL - fnt.getlength(c)) / 2), top), c, font=fnt, fill=fg)
+    info = {"level": "cells", "font": font_rel, "size": fnt.size, "fg": fg, "bg": bg, "lines": [text], "x": x,
             "blur": None, "noise": None, "jpeg": None}
     img = _degrade(img, rng, info)
-    rid = f"{name}-s{seed}-{i:06d}-mono-{Path(font_rel).stem}"
+    rid = f"{name}-s{seed}-{i:06d}-cells-{Path(font_rel).stem}"
     return qa(OCR_PROMPT, text, png_bytes(img), rid, f"synthetic:{name}"), info
 
 
@@ -532,14 +533,11 @@ CROP_MIN_WIDTH = 384
 BIG = {"reading_big": "reading", "reading_big_unseen_words": "reading_unseen_words",
        "reading_big_unseen_fonts": "reading_unseen_fonts", "reading_big_nonce": "reading_nonce"}
 BIG_EM = (80, 120)  # em in pixels: about one lowercase letter per 64 px token
-# One monospace word at a pitch of one tiny-view token: mono name -> the split whose words it draws.
-MONO = {"reading_mono": "reading", "reading_mono_unseen_words": "reading_unseen_words",
-        "reading_mono_unseen_fonts": "reading_unseen_fonts", "reading_mono_nonce": "reading_nonce"}
-# (train faces, held-out faces): a whole typeface held out, as HELD_OUT_FONTS does for the other splits.
-MONO_FONTS = (("dejavu/DejaVuSansMono.ttf", "dejavu/DejaVuSansMono-Bold.ttf", "liberation/LiberationMono-Regular.ttf",
-               "liberation/LiberationMono-Bold.ttf", "noto/NotoSansMono-Regular.ttf"),
-              ("freefont/FreeMono.ttf", "freefont/FreeMonoBold.ttf"))
-MONO_PITCH, MONO_WIDTH = 64, 512  # letter advance and strip width in pixels: the tiny view keeps both (scale 1)
+# One word, a letter per cell: cells name -> the split whose words and fonts it draws.
+CELLS = {"reading_cells": "reading", "reading_cells_unseen_words": "reading_unseen_words",
+         "reading_cells_unseen_fonts": "reading_unseen_fonts", "reading_cells_nonce": "reading_nonce"}
+CELL, CELLS_WIDTH = 64, 512  # the cell (letter pitch) and the strip's width in pixels: the tiny view keeps both
+CELLS_EM = (64, 88)  # the em in pixels: lowercase letters fill half to most of a cell, the widest capitals all of it
 NONCE = ("reading_nonce", "reading_nonce_words")  # the generators whose tokens are random letter strings
 FINE_SPLITS = {"reading_fine": False, "reading_fine_unseen_words": True}  # name -> held-out words?
 
@@ -598,8 +596,8 @@ READING_GENERATORS = {**{name: _generator(name, f"Text-line crops of `{split}`: 
                                                  "text (_crop).") for name, split in CROPS.items()},
                       **{name: _generator(name, f"One big word of `{split}`'s words and fonts, cropped (BIG_EM).")
                          for name, split in BIG.items()},
-                      **{name: _generator(name, f"One word of `{split}`'s words, monospace, one letter per tiny-view "
-                                                "token (mono_sample).") for name, split in MONO.items()},
+                      **{name: _generator(name, f"One word of `{split}`'s words and fonts, a letter per 64 px cell "
+                                                "(cells_sample).") for name, split in CELLS.items()},
                       "reading": reading, "reading_unseen_words": reading_unseen_words,
                       "reading_unseen_fonts": reading_unseen_fonts, "reading_nonce": reading_nonce,
                       "reading_nonce_words": reading_nonce_words,

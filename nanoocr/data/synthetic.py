@@ -18,7 +18,7 @@ deterministic: the same (n, seed) gives byte-identical images and texts on the s
 | reading_fine (_unseen_words) | 1-3 lines of 14-20 px text on a 1280-1920 px page | the text       |
 | reading_crop (_unseen_words, _unseen_fonts, _nonce, _nonce_words) | the same samples cut to the text | the text |
 | reading_big (_unseen_words, _unseen_fonts, _nonce) | one word at an em of 80-120 px, cropped | the text   |
-| reading_mono (_unseen_words, _unseen_fonts, _nonce) | one monospace word, one letter per 64 px | the text  |
+| reading_cells (_unseen_words, _unseen_fonts, _nonce) | one word, one letter per 64 px cell    | the text   |
 
 Notable features:
 - fonts: DejaVu from /usr/share/fonts/truetype/dejavu when installed, else PIL's scalable default font

@@ -3,6 +3,7 @@
     python recipes/bench/read_probe.py --copy-steps 1500 --steps 1500
     python recipes/bench/read_probe.py --copy-steps 0 --steps 1500          # the same, the GPT from scratch
     python recipes/bench/read_probe.py --crop --ctc 1.0 --copy-steps 0 --steps 1200   # text-line crops + CTC head
+    python recipes/bench/read_probe.py --cells --ctc 1.0 --enc-lr 2e-3 --copy-steps 0 --steps 1500
 
 A fresh `nano` model (SAM windows only, as yamls/reads_sam_ctc.yaml) with a character vocabulary (the answer's
 characters, not a BPE: what the image shows) is trained in two phases, AdamW (warmup 50, clip 1.0):
@@ -15,7 +16,9 @@ characters, not a BPE: what the image shows) is trained in two phases, AdamW (wa
 `--crop`: the same images as text-line crops (reading_crop_nonce_words, reading_crop_unseen_words: the text starts
 at the left edge, as in a line cut from a page), so the GPT need not learn to find where the text starts. `--ctc W`:
 a CTC reading head on the vision token columns (model.vlm.ctc_source: columns) adds W x its loss in the read phase: a
-glyph signal for the encoder that does not wait for the GPT.
+glyph signal for the encoder that does not wait for the GPT. `--big`: one word per image at an em of 80-120 px,
+cropped (reading_big_*: about one letter per vision token, proportional fonts). `--cells`: one word per image,
+each letter centred in its own 64 px cell: one letter per token at fixed token columns (reading_cells_*).
 Every --every steps, held-out images are read by greedy decoding and scored (CER): 64 `reading_nonce_words` of
 another seed, and the word-level samples among the first --unseen `reading_unseen_words` (real held-out words, train fonts).
 
@@ -146,16 +149,16 @@ def main(argv=None) -> int:
     ap.add_argument("--big", action="store_true",
                     help="one big word per image, cropped (reading_big_nonce / reading_big_unseen_words / "
                          "reading_big_unseen_fonts: em 80-120 px, about one letter per vision token)")
-    ap.add_argument("--mono", action="store_true",
-                    help="one monospace word per image, one letter per vision token at fixed columns "
-                         "(reading_mono_nonce / reading_mono_unseen_words / reading_mono_unseen_fonts: FreeMono)")
+    ap.add_argument("--cells", action="store_true",
+                    help="one word per image, a letter per 64 px cell: one letter per vision token at fixed columns "
+                         "(reading_cells_nonce / reading_cells_unseen_words / reading_cells_unseen_fonts)")
     ap.add_argument("--ctc", type=float, default=0.0,
                     help="weight of a CTC reading head on the vision token columns (model.vlm.ctc_source: columns, "
                          "8 frames per column) added to the loss in the read phase; 0 = no head")
     args = ap.parse_args(argv)
     train_gen, unseen_gen, fonts_gen = (
         ("reading_big_nonce", "reading_big_unseen_words", "reading_big_unseen_fonts") if args.big else
-        ("reading_mono_nonce", "reading_mono_unseen_words", "reading_mono_unseen_fonts") if args.mono else
+        ("reading_cells_nonce", "reading_cells_unseen_words", "reading_cells_unseen_fonts") if args.cells else
         ("reading_crop_nonce_words", "reading_crop_unseen_words", "reading_crop_unseen_fonts") if args.crop else
         ("reading_nonce_words", "reading_unseen_words", "reading_unseen_fonts"))
     torch.manual_seed(args.seed)
@@ -173,7 +176,7 @@ def main(argv=None) -> int:
     held_out = {}  # the word-level samples among the first --unseen of each held-out split
     for gen in (unseen_gen, fonts_gen):
         held_out[gen] = render(gen, 1, [i for i in range(args.unseen)
-                                        if reading.sample(gen, 1, i)[1]["level"] in ("word", "big", "mono")])
+                                        if reading.sample(gen, 1, i)[1]["level"] in ("word", "big", "cells")])
     render_s = time.time() - t0
     rng, rows, window, ctc_window, t0 = random.Random(args.seed), [], [], [], time.time()
     total, recent = args.copy_steps + args.steps, []
