@@ -175,34 +175,39 @@ def test_crops_are_their_splits_samples_cut_to_the_text():
         reading.sample("reading_crop_x", 0, 0)
 
 
+def one_word_samples(splits: dict, level: str, n: int):
+    """(split, record, info, answer) of the first n samples of each one-word generator (name -> the split whose words
+    and fonts it draws), after the checks they share: registered, deterministic, valid, one word, the word split."""
+    for name, split in splits.items():
+        assert GENERATORS[name] is reading.READING_GENERATORS[name]
+        assert [r["image"] for r in GENERATORS[name](3, 5)] == [r["image"] for r in GENERATORS[name](3, 5)]
+        for i in range(n):
+            rec, info = reading.sample(name, 0, i)
+            validate_record(rec)
+            text = answer(rec)
+            assert info["level"] == level and rec["id"].startswith(f"{name}-s0-{i:06d}-{level}-")
+            assert text and " " not in text and "\n" not in text
+            if split == "reading_nonce":
+                assert not text.isalpha() or text.lower() not in reading.WORDS
+            elif text.isalpha():
+                assert (text.lower() in reading.HELD_OUT_WORDS) == (split == "reading_unseen_words"), text
+            yield split, rec, info, text
+
+
 def test_big_words_one_word_about_one_letter_per_token():
     """reading_big*: one word of the named split's words and fonts, cropped to the ink; measured on the pixels, the
     tiny view (the crop padded to a square, 512 px) spans about one 64 px token per letter."""
     train_fonts, held_fonts = reading.font_split()
     per_token = []
-    for name, split in reading.BIG.items():
-        assert GENERATORS[name] is reading.READING_GENERATORS[name]
-        assert [r["image"] for r in GENERATORS[name](3, 5)] == [r["image"] for r in GENERATORS[name](3, 5)]
-        fonts = set()
-        for i in range(40):
-            rec, info = reading.sample(name, 0, i)
-            validate_record(rec)
-            text = answer(rec)
-            assert info["level"] == "big" and rec["id"].startswith(f"{name}-s0-{i:06d}-big-")
-            assert " " not in text and "\n" not in text and text
-            assert reading.BIG_EM[0] <= info["size"] <= reading.BIG_EM[1]
-            if text.isalpha() and split != "reading_nonce":
-                assert (text.lower() in reading.HELD_OUT_WORDS) == (split == "reading_unseen_words"), text
-            if split == "reading_nonce":
-                assert not text.isalpha() or text.lower() not in reading.WORDS
-            fonts.add(info["font"])
-            img = Image.open(io.BytesIO(rec["image"]))
-            grey = np.asarray(img.convert("L"), dtype=np.int16)
-            ink = np.abs(grey - info["bg"]) > abs(info["fg"] - info["bg"]) / 2
-            cols = np.flatnonzero(ink.any(axis=0))
-            assert cols[0] <= reading.CROP_MARGIN_X[1] + 3, (rec["id"], cols[:3])
-            per_token.append(len(text) / ((cols[-1] - cols[0] + 1) * 512 / max(img.size) / 64))
-        assert fonts <= set(held_fonts if split == "reading_unseen_fonts" else train_fonts), fonts
+    for split, rec, info, text in one_word_samples(reading.BIG, "big", 40):
+        assert reading.BIG_EM[0] <= info["size"] <= reading.BIG_EM[1]
+        assert info["font"] in (held_fonts if split == "reading_unseen_fonts" else train_fonts), info["font"]
+        img = Image.open(io.BytesIO(rec["image"]))
+        grey = np.asarray(img.convert("L"), dtype=np.int16)
+        ink = np.abs(grey - info["bg"]) > abs(info["fg"] - info["bg"]) / 2
+        cols = np.flatnonzero(ink.any(axis=0))
+        assert cols[0] <= reading.CROP_MARGIN_X[1] + 3, (rec["id"], cols[:3])
+        per_token.append(len(text) / ((cols[-1] - cols[0] + 1) * 512 / max(img.size) / 64))
     assert 0.8 < float(np.median(per_token)) < 1.25 and max(per_token) < 2.0, (np.median(per_token), max(per_token))
 
 
@@ -212,27 +217,18 @@ def test_cells_words_one_letter_per_token_column():
     hold."""
     from nanoocr.data.images import image_views, open_image, padded_box
     train_fonts, held_fonts = reading.font_split()
-    for name, split in reading.CELLS.items():
-        assert GENERATORS[name] is reading.READING_GENERATORS[name]
-        assert [r["image"] for r in GENERATORS[name](3, 5)] == [r["image"] for r in GENERATORS[name](3, 5)]
-        fonts = set()
-        for i in range(30):
-            rec, info = reading.sample(name, 0, i)
-            validate_record(rec)
-            text = answer(rec)
-            assert rec["id"].startswith(f"{name}-s0-{i:06d}-cells-") and " " not in text and 1 <= len(text) <= 7
-            if split == "reading_nonce":
-                assert not text.isalpha() or text.lower() not in reading.WORDS
-            elif text.isalpha():
-                assert (text.lower() in reading.HELD_OUT_WORDS) == (split == "reading_unseen_words"), text
-            fonts.add(info["font"])
-            img = open_image(rec["image"])
-            left, top, right, bottom = padded_box(img.width, img.height, 512)
-            assert (left, right) == (0, 512) and bottom - top == img.height  # scale 1: the strip is kept as is
-            view = image_views(img, "tiny", normalize=False).global_view[0, top:bottom].numpy()
-            ink = np.abs(view.astype(np.int16) - info["bg"]) > abs(info["fg"] - info["bg"]) / 2
-            per_column = ink.reshape(-1, 8, 64).sum(axis=(0, 2))
-            assert all(per_column[j] >= 30 for j in range(len(text))), (rec["id"], text, per_column)
-            assert not ink[:, 64 * len(text) + 32:].any(), (rec["id"], text, per_column)
-        assert fonts <= set(held_fonts if split == "reading_unseen_fonts" else train_fonts), fonts
-        assert split != "reading_unseen_fonts" or len(fonts) >= 2
+    held_used = set()
+    for split, rec, info, text in one_word_samples(reading.CELLS, "cells", 30):
+        assert len(text) <= 7 and reading.CELLS_EM[0] <= info["size"] <= reading.CELLS_EM[1]
+        assert info["font"] in (held_fonts if split == "reading_unseen_fonts" else train_fonts), info["font"]
+        if split == "reading_unseen_fonts":
+            held_used.add(info["font"])
+        img = open_image(rec["image"])
+        left, top, right, bottom = padded_box(img.width, img.height, 512)
+        assert (left, right) == (0, 512) and bottom - top == img.height  # scale 1: the strip is kept as is
+        view = image_views(img, "tiny", normalize=False).global_view[0, top:bottom].numpy()
+        ink = np.abs(view.astype(np.int16) - info["bg"]) > abs(info["fg"] - info["bg"]) / 2
+        per_column = ink.reshape(-1, 8, 64).sum(axis=(0, 2))
+        assert all(per_column[j] >= 30 for j in range(len(text))), (rec["id"], text, per_column)
+        assert not ink[:, 64 * len(text) + 32:].any(), (rec["id"], text, per_column)
+    assert len(held_used) >= 2

@@ -360,6 +360,15 @@ def _pick_level(rng: random.Random) -> str:
     return LEVELS[-1][0]
 
 
+def _contrast(rng: random.Random) -> tuple[int, int]:
+    """(background, ink) grey levels at least 90 apart; 10% light text on a dark ground."""
+    if rng.random() < 0.1:
+        bg = rng.randint(0, 90)
+        return bg, rng.randint(bg + 90, 255)
+    bg = rng.randint(165, 255)
+    return bg, rng.randint(0, bg - 90)
+
+
 def png_bytes(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")  # PIL writes no timestamp chunk: same pixels -> same bytes
@@ -420,12 +429,7 @@ def sample(name: str, seed: int, i: int) -> tuple[dict, dict]:
     text_w = min(max_w, math.ceil(max(fnt.getlength(line) for line in lines)))
     text_h = (len(lines) - 1) * step + ascent + descent
     height = max(text_h + 32, rng.randint(96, 400))
-    if rng.random() < 0.1:  # light text on a dark ground
-        bg = rng.randint(0, 90)
-        fg = rng.randint(bg + 90, 255)
-    else:
-        bg = rng.randint(165, 255)
-        fg = rng.randint(0, bg - 90)
+    bg, fg = _contrast(rng)
     x, y = rng.randint(16, width - 16 - text_w), rng.randint(16, height - 16 - text_h)
     img = Image.new("L", (width, height), bg)
     draw = ImageDraw.Draw(img)
@@ -472,12 +476,7 @@ def cells_sample(name: str, seed: int, i: int) -> tuple[dict, dict]:
     while len(text) > CELLS_WIDTH // CELL - 1:  # the last cell is cut by the margin: at most 7 letters
         text = _token(rng, vocab)
     ascent, descent = fnt.getmetrics()
-    if rng.random() < 0.1:  # light text on a dark ground
-        bg = rng.randint(0, 90)
-        fg = rng.randint(bg + 90, 255)
-    else:
-        bg = rng.randint(165, 255)
-        fg = rng.randint(0, bg - 90)
+    bg, fg = _contrast(rng)
     img = Image.new("L", (CELLS_WIDTH, top + ascent + descent + bottom), bg)
     draw = ImageDraw.Draw(img)
     for j, c in enumerate(text):
