@@ -45,10 +45,10 @@ reads text that always starts in the same place within ~500 steps and text place
 (BENCHMARKS.md "Can the GPT read at all?").
 
 Big words (`reading_big*`, BIG): one token of the named split's words and fonts at an em of 80-120 px, cropped
-as above: the first stage of reading, at about one letter per vision token of the tiny view (a token covers 64 px;
-a lowercase letter's advance is about half an em). With perfect vision tokens a fresh GPT reads one letter per
-token from a fixed start within ~500 steps and two or three letters per token far more slowly (BENCHMARKS.md "Can
-the GPT read at all?"), so this is the size at which a model trained from scratch can start to read.
+as above: proportional text at about one letter per vision token of the tiny view (a token covers 64 px; a
+lowercase letter's advance is about half an em), where letter j's token column depends on the widths of the letters
+before it. A model from scratch did not read it in 1100 steps (BENCHMARKS.md "Can the GPT read at all?"); it is the
+stage after the cells below.
 
 Letters in cells (`reading_cells*`, CELLS; cells_sample): one token of the named split's words and fonts, each
 letter centred in its own CELL = 64 px cell (a typewriter's fixed pitch, in any font) at an em of 64-88 px, on a
@@ -394,7 +394,8 @@ def _degrade(img: Image.Image, rng: random.Random, info: dict) -> Image.Image:
 
 def sample(name: str, seed: int, i: int) -> tuple[dict, dict]:
     """(record, rendering parameters) of sample `i` of generator `name`; depends on nothing but the three.
-    A `reading_crop*` name draws the sample of its uncropped split (CROPS) and crops it to the text (_crop)."""
+    A `reading_crop*` name draws the sample of its uncropped split (CROPS) and crops it to the text (_crop); a
+    `reading_big*` name one big word of its split's words and fonts, cropped; a `reading_cells*` name is cells_sample."""
     if name in CELLS:
         return cells_sample(name, seed, i)
     if name not in SPLITS and name not in CROPS and name not in BIG:
