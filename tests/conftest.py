@@ -75,10 +75,10 @@ def s3():
 
 @pytest.fixture
 def shrunk_reads():
-    """shrunk_reads(yaml, data, run, {sub: spec}) -> a reading-curriculum YAML (yamls/reads*.yaml) as written, loaded
-    with its data sets pre-built small under `data` (build_data then skips them) and a 3-batch run into `run`:
-    batch 4, one eval batch, a 300-token BPE, 4 probes, 4 new tokens in the evals."""
-    def load(yaml, data, run, sets: dict):
+    """shrunk_reads(yaml, data, run, {sub: spec}[, extra overrides]) -> a reading-curriculum YAML (yamls/reads*.yaml)
+    as written, loaded with its data sets pre-built small under `data` (build_data then skips them) and a 3-batch run
+    into `run`: batch 4, one eval batch, a 300-token BPE, 4 probes, 4 new tokens in the evals."""
+    def load(yaml, data, run, sets: dict, extra: tuple = ()):
         from nanoocr.data.convert import main as convert
         from nanoocr.train.config import load_config
         for sub, spec in sets.items():
@@ -88,5 +88,6 @@ def shrunk_reads():
             f"variables.data_dir={data}", f"run_folder={run}", "save_folder=null", "progress_bar=false",
             "max_duration=3ba", "device_train_batch_size=4", "eval_interval=3ba", "eval_subset_num_batches=1",
             "tokenizer.train_vocab_size=300", "callbacks.vision_collapse.probes=4",
-            "callbacks.generation_eval={interval: 3, samples: 2, max_new_tokens: 4}", "final_eval.max_new_tokens=4"])
+            "callbacks.generation_eval={interval: 3, samples: 2, max_new_tokens: 4}", "final_eval.max_new_tokens=4",
+            *extra])
     return load

@@ -223,3 +223,26 @@ def test_reads_ctc_yaml_shrunk_logs_both_losses(tmp_path, shrunk_reads, yaml, se
     ce = [r["loss/train/ce"] for r in rows if "loss/train/ce" in r]
     assert len(ctc) == 3 and len(ce) == 3 and all(math.isfinite(v) and v > 0 for v in ctc)
     assert json.loads((run / "eval.json").read_text())["summary"]["n"] == 2
+
+
+def test_reads_big_starts_from_the_cells_checkpoint(tmp_path, shrunk_reads):
+    """yamls/reads_big.yaml as written, shrunk: it loads the cells stage's checkpoint and tokenizer (from a shrunk
+    reads_cells.yaml run that saved one), trains on its big-word + cells mix and evaluates. Run at lr 0, its weights
+    are exactly the cells run's: the checkpoint was loaded, not a fresh model trained."""
+    from nanoocr.train.recipe import train
+    cells_run = tmp_path / "cells_run"
+    cells = train(shrunk_reads("reads_cells.yaml", tmp_path / "cells", cells_run, CELLS_SETS,
+                               (f"save_folder={cells_run}/checkpoints", "save_interval=3ba")))
+    saved = {n: p.detach().clone() for n, p in cells.state.model.named_parameters()}
+    run = tmp_path / "big_run"
+    cfg = shrunk_reads("reads_big.yaml", tmp_path / "big", run, {
+        "nonce": "reading_big_nonce:16:0", "cells": "reading_cells_nonce:16:1",
+        "unseen_words": "reading_big_unseen_words:2:1", "unseen_fonts": "reading_big_unseen_fonts:2:2"},
+        (f"variables.cells_run={cells_run}", "optimizer.lr=0.0", "optimizer.param_groups={}"))
+    assert cfg["load_path"] == f"{cells_run}/checkpoints/latest-rank0.pt" and cfg["load_weights_only"]
+    big = train(cfg)
+    loaded = dict(big.state.model.named_parameters())
+    assert saved.keys() == loaded.keys()
+    assert all(torch.equal(saved[n], loaded[n]) for n in saved)
+    assert not (run / "tokenizer").exists()  # the cells run's tokenizer: none trained here
+    assert json.loads((run / "eval.json").read_text())["summary"]["n"] == 2
