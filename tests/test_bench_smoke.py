@@ -331,18 +331,24 @@ def test_read_probe(bench, capsys):
                  "--batch", 2) == 0
     rows = [r for r in table_rows(capsys.readouterr().out, "") if r[0].isdigit()]
     assert [(int(r[0]), r[2]) for r in rows] == [(0, "copy"), (2, "read"), (4, "read")], rows
-    assert all(float(r[4]) >= 0 and float(r[5]) >= 0 and math.isfinite(float(r[3])) for r in rows[1:]), rows
+    # columns: step, seconds, phase, GPT loss, CTC loss (nan: no head), CER nonce / unseen words / unseen fonts
+    assert all(math.isfinite(float(r[3])) and math.isnan(float(r[4])) for r in rows[1:]), rows
+    assert all(float(r[k]) >= 0 for r in rows[1:] for k in (5, 6, 7)), rows
 
 
-def test_read_probe_crops_with_ctc(bench, capsys):
-    """The probe on text-line crops with the CTC head on the token columns: reading rows with finite loss and CERs."""
-    assert bench("read_probe", "--crop", "--ctc", 1.0, "--copy-steps", 0, "--steps", 2, "--every", 2, "--val", 2,
+@pytest.mark.parametrize("flag, train_gen", [("--crop", "reading_crop_nonce_words"), ("--big", "reading_big_nonce"),
+                                             ("--cells", "reading_cells_nonce")])
+def test_read_probe_with_ctc(bench, capsys, flag, train_gen):
+    """The probe on text-line crops, big words and letters in cells, with the CTC head on the token columns: reading
+    rows with finite GPT and CTC losses and CERs on the three held-out sets."""
+    assert bench("read_probe", flag, "--ctc", 1.0, "--copy-steps", 0, "--steps", 2, "--every", 2, "--val", 2,
                  "--unseen", 6, "--batch", 2) == 0
     out = capsys.readouterr().out
-    assert "text-line crops" in out and "CTC head on the token columns (weight 1.0)" in out
+    assert f"character vocabulary, {train_gen}, CTC head on the token columns (weight 1.0)" in out
     rows = [r for r in table_rows(out, "") if r[0].isdigit()]
     assert [(int(r[0]), r[2]) for r in rows] == [(0, "read"), (2, "read")], rows
-    assert math.isfinite(float(rows[1][3])) and all(float(r[4]) >= 0 and float(r[5]) >= 0 for r in rows), rows
+    assert math.isfinite(float(rows[1][3])) and math.isfinite(float(rows[1][4])) and float(rows[1][4]) > 0, rows
+    assert all(float(r[k]) >= 0 for r in rows for k in (5, 6, 7)), rows
 
 
 def test_read_probe_copy_rows_hold_the_line(monkeypatch):
