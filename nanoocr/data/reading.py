@@ -13,9 +13,9 @@ rendered in many fonts, with held-out words and held-out fonts for measuring gen
 | reading_crop, reading_crop_unseen_words, reading_crop_unseen_fonts, reading_crop_nonce, reading_crop_nonce_words |
 |                       | as the uncropped split | as the uncropped split | the same samples as text-line crops |
 | reading_big, reading_big_unseen_words, reading_big_unseen_fonts, reading_big_nonce |
-|                       | as the split named     | as the split named    | one big word, cropped: ~1 letter per tiny-view token |
+|                       | as the split named     | as the split named    | one big word, cropped: ~1 letter/token |
 | reading_cells, reading_cells_unseen_words, reading_cells_unseen_fonts, reading_cells_nonce |
-|                       | as the split named     | as the split named    | one word, one letter per 64 px cell (tiny-view token) |
+|                       | as the split named     | as the split named    | one word, a letter per 64 px cell |
 
 Each generator is `gen(n, seed=0) -> Iterator[record]` (the nanoocr.data.synthetic signature; registered in
 its GENERATORS, so `synthetic:reading:100000` is a conversion SPEC). Sample i depends only on (name, seed, i):
@@ -395,7 +395,7 @@ def _degrade(img: Image.Image, rng: random.Random, info: dict) -> Image.Image:
 def sample(name: str, seed: int, i: int) -> tuple[dict, dict]:
     """(record, rendering parameters) of sample `i` of generator `name`; depends on nothing but the three.
     A `reading_crop*` name draws the sample of its uncropped split (CROPS) and crops it to the text (_crop); a
-    `reading_big*` name one big word of its split's words and fonts, cropped; a `reading_cells*` name is cells_sample."""
+    `reading_big*` name one big word of its split's words and fonts, cropped; `reading_cells*` is cells_sample's."""
     if name in CELLS:
         return cells_sample(name, seed, i)
     if name not in SPLITS and name not in CROPS and name not in BIG:

@@ -54,6 +54,13 @@ VOCAB = len(ALPHABET) + 4  # + the image token, the last id (the preset's defaul
 IMAGE = VOCAB - 1
 
 
+# images -> (training generator, held-out words, held-out fonts): nanoocr.data.reading's splits
+LAYOUTS = {"canvas": ("reading_nonce_words", "reading_unseen_words", "reading_unseen_fonts"),
+           "crop": ("reading_crop_nonce_words", "reading_crop_unseen_words", "reading_crop_unseen_fonts"),
+           "big": ("reading_big_nonce", "reading_big_unseen_words", "reading_big_unseen_fonts"),
+           "cells": ("reading_cells_nonce", "reading_cells_unseen_words", "reading_cells_unseen_fonts")}
+
+
 def encode(text: str) -> list[int]:
     return [ALPHABET.index(c) + 1 for c in text]
 
@@ -143,24 +150,22 @@ def main(argv=None) -> int:
     ap.add_argument("--unseen", type=int, default=160, help="reading_unseen_words samples to take the words of")
     ap.add_argument("--every", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--crop", action="store_true",
+    layout = ap.add_mutually_exclusive_group()  # which images (LAYOUTS); none: words on a canvas
+    layout.add_argument("--crop", action="store_true",
                     help="text-line crops (reading_crop_nonce_words / reading_crop_unseen_words): the text starts at "
                          "the image's left edge instead of anywhere on a canvas")
-    ap.add_argument("--big", action="store_true",
+    layout.add_argument("--big", action="store_true",
                     help="one big word per image, cropped (reading_big_nonce / reading_big_unseen_words / "
                          "reading_big_unseen_fonts: em 80-120 px, about one letter per vision token)")
-    ap.add_argument("--cells", action="store_true",
+    layout.add_argument("--cells", action="store_true",
                     help="one word per image, a letter per 64 px cell: one letter per vision token at fixed columns "
                          "(reading_cells_nonce / reading_cells_unseen_words / reading_cells_unseen_fonts)")
     ap.add_argument("--ctc", type=float, default=0.0,
                     help="weight of a CTC reading head on the vision token columns (model.vlm.ctc_source: columns, "
                          "8 frames per column) added to the loss in the read phase; 0 = no head")
     args = ap.parse_args(argv)
-    train_gen, unseen_gen, fonts_gen = (
-        ("reading_big_nonce", "reading_big_unseen_words", "reading_big_unseen_fonts") if args.big else
-        ("reading_cells_nonce", "reading_cells_unseen_words", "reading_cells_unseen_fonts") if args.cells else
-        ("reading_crop_nonce_words", "reading_crop_unseen_words", "reading_crop_unseen_fonts") if args.crop else
-        ("reading_nonce_words", "reading_unseen_words", "reading_unseen_fonts"))
+    train_gen, unseen_gen, fonts_gen = LAYOUTS["big" if args.big else "cells" if args.cells else
+                                               "crop" if args.crop else "canvas"]
     torch.manual_seed(args.seed)
     ctc = dict(ctc_source="columns", ctc_upsample=8) if args.ctc else {}
     model = NanoOCR(build_config("nano", sam={"global_attn_indexes": ()}, gpt={"vocab_size": VOCAB}, **ctc)).train()
@@ -198,8 +203,8 @@ def main(argv=None) -> int:
             train = sum(window) / len(window) if window else float("nan")
             ctc_mean = sum(ctc_window) / len(ctc_window) if ctc_window else float("nan")
             rows.append((step, time.time() - t0, phase, train, ctc_mean, nonce, words, fonts, example))
-            print(f"step {step} ({phase}): loss {train:.3f}, CTC {ctc_mean:.3f}, CER nonce {nonce:.3f}, unseen words {words:.3f}, "
-                  f"unseen fonts {fonts:.3f} {example}", file=sys.stderr, flush=True)
+            print(f"step {step} ({phase}): loss {train:.3f}, CTC {ctc_mean:.3f}, CER nonce {nonce:.3f}, "
+                  f"unseen words {words:.3f}, unseen fonts {fonts:.3f} {example}", file=sys.stderr, flush=True)
             window, ctc_window = [], []
         if step == total:
             break
