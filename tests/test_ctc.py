@@ -246,3 +246,33 @@ def test_reads_big_starts_from_the_cells_checkpoint(tmp_path, shrunk_reads):
     assert all(torch.equal(saved[n], loaded[n]) for n in saved)
     assert not (run / "tokenizer").exists()  # the cells run's tokenizer: none trained here
     assert json.loads((run / "eval.json").read_text())["summary"]["n"] == 2
+
+
+@pytest.mark.parametrize("mode", ["gundam", "base"])
+def test_reads_gundam_starts_from_the_reading_model_in_either_mode(tmp_path, shrunk_reads, mode):
+    """yamls/reads_gundam.yaml as written, shrunk, in each of its two modes: it loads the reading model's checkpoint
+    and tokenizer (a shrunk reads_cells.yaml run that saved one stands in for reads_big's: the same architecture),
+    trains on fine-text pages and transcribes held-out ones; Gundam's pages take the global view plus its tiles,
+    Base's the 1024 px view alone (273 tokens)."""
+    from nanoocr.data.images import count_tokens, gundam_tiles
+    from nanoocr.data.reading import fine_sample
+    from nanoocr.train.recipe import train
+    cells_run = tmp_path / "cells_run"
+    train(shrunk_reads("reads_cells.yaml", tmp_path / "cells", cells_run, CELLS_SETS,
+                       (f"save_folder={cells_run}/checkpoints", "save_interval=3ba")))
+    run = tmp_path / "fine_run"
+    cfg = shrunk_reads("reads_gundam.yaml", tmp_path / "fine", run, {
+        "train": "reading_fine:12:0", "unseen_words": "reading_fine_unseen_words:2:1"},
+        (f"variables.reads_run={cells_run}", f"variables.cells_run={cells_run}", f"variables.mode={mode}",
+         "device_train_microbatch_size=2"))
+    assert cfg["load_path"] == f"{cells_run}/checkpoints/latest-rank0.pt" and cfg["load_weights_only"]
+    train(cfg)
+    summary = json.loads((run / "eval.json").read_text())["summary"]
+    pages = [fine_sample("reading_fine_unseen_words", 1, i)[1]["page"] for i in range(2)]
+    expected = [count_tokens(mode, size=p) for p in pages]
+    assert summary["n"] == 2 and summary["vision_tokens"] == sum(expected)
+    if mode == "gundam":
+        assert all(gundam_tiles(*p) != (1, 1) for p in pages) and min(expected) > 273
+    else:
+        assert expected == [273, 273]
+    assert not (run / "tokenizer").exists()  # the reading model's tokenizer: none trained here

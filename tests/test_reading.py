@@ -124,23 +124,29 @@ def test_too_few_fonts_names_the_packages(tmp_path):
 
 
 def test_fine_pages_split_and_sizes():
-    """Fine-text pages: the word split holds, pages are big and the text small (what Gundam's crops are for)."""
+    """Fine-text pages: nonce tokens to train on, held-out words to evaluate; a big word on a bigger page, which the
+    Base view shrinks below the size the reading stages read and Gundam's tiles keep near it (what they are for)."""
+    from nanoocr.data.images import TILE, gundam_tiles
     samples = {name: [reading.fine_sample(name, 0, i) for i in range(40)] for name in reading.FINE_SPLITS}
-    seen = {name: set().union(*(words_of(answer(r)) for r, _ in s)) for name, s in samples.items()}
-    assert not seen["reading_fine"] & seen["reading_fine_unseen_words"]
-    assert seen["reading_fine_unseen_words"] <= set(reading.HELD_OUT_WORDS) and len(seen["reading_fine_unseen_words"]) > 40
+    seen = {name: set().union(*(words_of(answer(r).lower()) for r, _ in s)) for name, s in samples.items()}
+    assert not seen["reading_fine"] & set(reading.WORDS), "train pages are nonce tokens, never a real word"
+    assert seen["reading_fine_unseen_words"] <= set(reading.HELD_OUT_WORDS) and len(seen["reading_fine_unseen_words"]) > 25
+    gundam_scales = []
     for name, s in samples.items():
         assert GENERATORS[name] is reading.READING_GENERATORS[name]
         for rec, info in s:
             validate_record(rec)
             img = Image.open(io.BytesIO(rec["image"]))
-            assert img.size == info["page"] and 1280 <= max(img.size) <= 1920 and 800 <= min(img.size) <= 1200
-            assert 14 <= info["size"] <= 20
-            # A 1024 px Base view shrinks the em below the curriculum's smallest (22 px x 0.8)
-            assert info["size"] * 1024 / max(img.size) < 17.6
-            assert answer(rec) == "\n".join(info["lines"]) and 1 <= len(info["lines"]) <= 3
-            # the ink is on the page: dark pixels exist
-            assert (np.asarray(img) < info["bg"] - 60).any()
+            w, h = img.size
+            assert img.size == info["page"] and 1600 <= max(w, h) <= 2048 and 1.4 < max(w, h) / min(w, h) < 1.6
+            assert reading.FINE_EM[0] <= info["size"] <= reading.FINE_EM[1] and answer(rec) == info["lines"][0]
+            x0, y0, x1, y1 = info["box"]  # the ink's box lies on the page, with the margin, and holds the ink
+            assert 16 <= x0 < x1 <= w - 16 and 16 <= y0 < y1 <= h - 16
+            ink = np.asarray(img.convert("L"), dtype=np.int16)
+            assert (abs(ink[y0:y1, x0:x1] - info["bg"]) > 45).any()
+            tw, th = gundam_tiles(w, h)
+            gundam_scales.append(((TILE * tw / w) * (TILE * th / h)) ** 0.5)
+    assert np.median(gundam_scales) > 0.9, "Gundam's tiles keep most pages near 1x"
     assert [r["image"] for r, _ in samples["reading_fine"][:3]] == [r["image"] for r in GENERATORS["reading_fine"](3, 0)]
     with pytest.raises(ValueError, match="unknown fine reading generator"):
         reading.fine_sample("reading_fine_x", 0, 0)

@@ -8,8 +8,8 @@ rendered in many fonts, with held-out words and held-out fonts for measuring gen
 | reading_unseen_fonts  | TRAIN_WORDS            | held-out fonts        | eval: can it read a typeface it never saw? |
 | reading_nonce         | random letter strings  | train fonts           | training stream: text only the image can predict |
 | reading_nonce_words   | random letter strings  | train fonts           | the first stage: word level only (1-3, 32-64 px) |
-| reading_fine          | TRAIN_WORDS            | train fonts           | fine text on big pages (Gundam vs Base) |
-| reading_fine_unseen_words | HELD_OUT_WORDS     | train fonts           | eval: fine text it never saw      |
+| reading_fine          | random letter strings  | train fonts           | a big word on a bigger page (Gundam vs Base) |
+| reading_fine_unseen_words | HELD_OUT_WORDS     | train fonts           | eval: the same with words it never saw |
 | reading_crop, reading_crop_unseen_words, reading_crop_unseen_fonts, reading_crop_nonce, reading_crop_nonce_words |
 |                       | as the uncropped split | as the uncropped split | the same samples as text-line crops |
 | reading_big, reading_big_unseen_words, reading_big_unseen_fonts, reading_big_nonce |
@@ -539,42 +539,43 @@ CELLS = {"reading_cells": "reading", "reading_cells_unseen_words": "reading_unse
 CELL, CELLS_WIDTH = 64, 512  # the cell (letter pitch) and the strip's width in pixels: the tiny view keeps both
 CELLS_EM = (64, 88)  # the em in pixels: lowercase letters fill half to most of a cell, the widest capitals all of it
 NONCE = ("reading_nonce", "reading_nonce_words")  # the generators whose tokens are random letter strings
-FINE_SPLITS = {"reading_fine": False, "reading_fine_unseen_words": True}  # name -> held-out words?
+FINE_SPLITS = {"reading_fine": False, "reading_fine_unseen_words": True}  # name -> held-out words (else nonce)?
+FINE_LONG, FINE_ASPECT = (1600, 2048), 1.5  # page long side; long / short, as a 3 x 2 grid of Gundam tiles
+FINE_EM = (100, 130)  # Gundam's tiles show it at about the size big words reach the tiny view (crops of >= 384 px)
 
 
 def fine_sample(name: str, seed: int, i: int) -> tuple[dict, dict]:
-    """(record, parameters) of a fine-text page: 1-3 short lines at an em of 14-20 px on a 1280-1920 px page,
-    the case Gundam's crops exist for. A Base view (1024 px) shrinks such a page by 0.53-0.8 (em 7-16 px);
-    Gundam's 640 px tiles of the page (resized to the tile grid) keep it near or above 1x (em 14-24 px),
-    the sizes the reading curriculum teaches. Train fonts; the words of the split (the same word split)."""
+    """(record, parameters) of a fine-text page: one token at an em of 100-130 px (FINE_EM) on a page 1600-2048 px
+    long at ~1.5:1, portrait or landscape. Fine for the model's view: Gundam's grid (3 x 2 tiles of 640 px for
+    nearly every such page) shows it at 0.9-1.2x, about the size the big words stage reads (crops of >= 384 px
+    resized to 512: ~1-1.5 letters per vision token), while the Base view (1024 px) shrinks it by 0.5-0.64, to
+    about half the letters' width in tokens. The train split draws nonce tokens (random letter strings, as reading_big_nonce),
+    the eval split held-out words; train fonts, the curriculum's contrast and degradations."""
     if name not in FINE_SPLITS:
         raise ValueError(f"unknown fine reading generator {name!r}; expected one of {sorted(FINE_SPLITS)}")
     train_fonts, _ = font_split()
-    vocab = HELD_OUT_WORDS if FINE_SPLITS[name] else TRAIN_WORDS
     rng = random.Random(f"{name}:{seed}:{i}")
     font_rel = rng.choice(train_fonts)
-    long_side, short_side = rng.randint(1280, 1920), rng.randint(800, 1200)
+    long_side = rng.randint(*FINE_LONG)
+    short_side = round(long_side / FINE_ASPECT * rng.uniform(0.95, 1.05))
     width, height = (long_side, short_side) if rng.random() < 0.5 else (short_side, long_side)
-    size = rng.randint(14, 20)
-    fnt = _font(font_rel, size)
-    lines = [_line(rng, vocab, fnt, width // 2, rng.randint(3, 7), True) for _ in range(rng.randint(1, 3))]
-    ascent, descent = fnt.getmetrics()
-    step = int(size * rng.uniform(1.2, 1.5))
-    text_w = math.ceil(max(fnt.getlength(line) for line in lines))
-    text_h = (len(lines) - 1) * step + ascent + descent
-    bg, fg = rng.randint(200, 255), rng.randint(0, 80)
-    x, y = rng.randint(16, width - 16 - text_w), rng.randint(16, height - 16 - text_h)
+    fnt = _font(font_rel, rng.randint(*FINE_EM))
+    text = _token(rng, HELD_OUT_WORDS if FINE_SPLITS[name] else None)
+    left, top, right, bottom = fnt.getbbox(text)
+    x, y = rng.randint(16 - left, width - 16 - right), rng.randint(16 - top, height - 16 - bottom)
+    bg, fg = _contrast(rng)
     img = Image.new("L", (width, height), bg)
-    draw = ImageDraw.Draw(img)
-    for k, line in enumerate(lines):
-        draw.text((x, y + k * step), line, font=fnt, fill=fg)
-    info = {"level": "fine", "font": font_rel, "size": size, "fg": fg, "bg": bg, "lines": lines, "page": (width, height)}
+    ImageDraw.Draw(img).text((x, y), text, font=fnt, fill=fg)
+    info = {"level": "fine", "font": font_rel, "size": fnt.size, "fg": fg, "bg": bg, "lines": [text],
+            "page": (width, height), "box": (x + left, y + top, x + right, y + bottom),
+            "blur": None, "noise": None, "jpeg": None}
+    img = _degrade(img, rng, info)
     rid = f"{name}-s{seed}-{i:06d}-fine-{Path(font_rel).stem}"
-    return qa(OCR_PROMPT, "\n".join(lines), png_bytes(img), rid, f"synthetic:{name}"), info
+    return qa(OCR_PROMPT, text, png_bytes(img), rid, f"synthetic:{name}"), info
 
 
 def reading_fine(n: int, seed: int = 0) -> Iterator[dict]:
-    """Fine-text pages of train words (Gundam vs Base)."""
+    """Fine-text pages of nonce tokens (Gundam vs Base, training)."""
     font_split()
     return (fine_sample("reading_fine", seed, i)[0] for i in range(n))
 

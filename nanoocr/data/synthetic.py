@@ -15,7 +15,7 @@ deterministic: the same (n, seed) gives byte-identical images and texts on the s
 | reading    | words / lines / blocks, many fonts, degraded  | the text (nanoocr.data.reading) |
 | reading_unseen_words | the same with held-out words        | the text                        |
 | reading_unseen_fonts | the same in held-out fonts          | the text                        |
-| reading_fine (_unseen_words) | 1-3 lines of 14-20 px text on a 1280-1920 px page | the text       |
+| reading_fine (_unseen_words) | one 80-120 px word on a 1600-2048 px page | the text               |
 | reading_crop (_unseen_words, _unseen_fonts, _nonce, _nonce_words) | the same samples cut to the text | the text |
 | reading_big (_unseen_words, _unseen_fonts, _nonce) | one word at an em of 80-120 px, cropped | the text   |
 | reading_cells (_unseen_words, _unseen_fonts, _nonce) | one word, one letter per 64 px cell    | the text   |
