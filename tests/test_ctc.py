@@ -248,6 +248,30 @@ def test_reads_big_starts_from_the_cells_checkpoint(tmp_path, shrunk_reads):
     assert json.loads((run / "eval.json").read_text())["summary"]["n"] == 2
 
 
+def test_reads_small_starts_from_the_big_words_checkpoint(tmp_path, shrunk_reads):
+    """yamls/reads_small.yaml as written, shrunk: it loads the big words model's checkpoint (a shrunk reads_cells.yaml
+    run that saved one stands in: the same architecture) and the cells tokenizer, builds reads_big.yaml's sets where
+    they are missing, trains on its small print + big words + cells mix and evaluates; at lr 0 its weights are the
+    loaded ones."""
+    from nanoocr.train.recipe import train
+    cells_run = tmp_path / "cells_run"
+    cells = train(shrunk_reads("reads_cells.yaml", tmp_path / "cells", cells_run, CELLS_SETS,
+                               (f"save_folder={cells_run}/checkpoints", "save_interval=3ba")))
+    saved = {n: p.detach().clone() for n, p in cells.state.model.named_parameters()}
+    run, data = tmp_path / "small_run", tmp_path / "small"
+    cfg = shrunk_reads("reads_small.yaml", data, run, {
+        "nonce": "reading_small_nonce:16:0", "unseen_words": "reading_small_unseen_words:2:1",
+        "unseen_fonts": "reading_small_unseen_fonts:2:2", "big/cells": "reading_cells_nonce:8:1"},
+        (f"variables.big_run={cells_run}", f"variables.cells_run={cells_run}", f"variables.big_data_dir={data}/big",
+         "build_data.3.input=synthetic:reading_big_nonce:8:0", "optimizer.lr=0.0", "optimizer.param_groups={}"))
+    assert cfg["load_path"] == f"{cells_run}/checkpoints/latest-rank0.pt" and cfg["load_weights_only"]
+    small = train(cfg)
+    assert (data / "big" / "nonce" / "index.json").exists()  # built by the recipe's build_data: it was missing
+    loaded = dict(small.state.model.named_parameters())
+    assert saved.keys() == loaded.keys() and all(torch.equal(saved[n], loaded[n]) for n in saved)
+    assert json.loads((run / "eval.json").read_text())["summary"]["n"] == 2
+
+
 @pytest.mark.parametrize("mode", ["gundam", "base"])
 def test_reads_gundam_starts_from_the_reading_model_in_either_mode(tmp_path, shrunk_reads, mode):
     """yamls/reads_gundam.yaml as written, shrunk, in each of its two modes: it loads the reading model's checkpoint

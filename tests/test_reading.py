@@ -2,12 +2,13 @@
 every level occurs, images are real and large enough for the tiny/small views."""
 import io
 import itertools
+import math
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFont
 
 from nanoocr.data import reading
 from nanoocr.data.records import validate_record
@@ -238,3 +239,30 @@ def test_cells_words_one_letter_per_token_column():
         assert all(per_column[j] >= 30 for j in range(len(text))), (rec["id"], text, per_column)
         assert not ink[:, 64 * len(text) + 32:].any(), (rec["id"], text, per_column)
     assert len(held_used) >= 2
+
+
+def test_small_print_words_cut_as_real_words_are():
+    """reading_small*: one word of the named split's words and fonts at 7-13 pt of a 150 dpi render, cut to its box
+    with the margins nanoocr.eval.lines keeps around a real word (2 pt and 0.5 pt), not widened: the crop is the word's
+    advance by the font's line height, plus those margins, and the view scales it up to the big words' size."""
+    from nanoocr.eval import lines
+    assert reading.SMALL_MARGIN_X[0] <= lines.MARGIN_X_PT * lines.DPI / 72 <= reading.SMALL_MARGIN_X[1]
+    assert reading.SMALL_MARGIN_Y[0] <= lines.MARGIN_Y_PT * lines.DPI / 72 <= reading.SMALL_MARGIN_Y[1]
+    assert reading.SMALL_EM[0] <= 10 * lines.DPI / 72 <= reading.SMALL_EM[1]  # 10 pt body text
+    train_fonts, held_fonts = reading.font_split()
+    per_token = []
+    for split, rec, info, text in one_word_samples(reading.SMALL, "small", 30):
+        assert reading.SMALL_EM[0] <= info["size"] <= reading.SMALL_EM[1]
+        assert info["font"] in (held_fonts if split == "reading_unseen_fonts" else train_fonts), info["font"]
+        img = Image.open(io.BytesIO(rec["image"]))
+        fnt = ImageFont.truetype(str(reading.FONT_ROOT / info["font"]), info["size"])
+        ascent, descent = fnt.getmetrics()
+        x0, y0, x1, y1 = info["crop"]
+        assert img.size == (x1 - x0, y1 - y0)
+        assert 0 <= img.width - math.ceil(fnt.getlength(text)) <= 2 * reading.SMALL_MARGIN_X[1]
+        assert 0 <= img.height - (ascent + descent) <= 2 * reading.SMALL_MARGIN_Y[1]
+        grey = np.asarray(img.convert("L"), dtype=np.int16)
+        ink = np.abs(grey - info["bg"]) > abs(info["fg"] - info["bg"]) / 2
+        cols = np.flatnonzero(ink.any(axis=0))
+        per_token.append(len(text) / ((cols[-1] - cols[0] + 1) * 512 / max(img.size) / 64))
+    assert 0.6 < float(np.median(per_token)) < 1.6, np.median(per_token)

@@ -16,6 +16,8 @@ rendered in many fonts, with held-out words and held-out fonts for measuring gen
 |                       | as the split named     | as the split named    | one big word, cropped: ~1 letter/token |
 | reading_cells, reading_cells_unseen_words, reading_cells_unseen_fonts, reading_cells_nonce |
 |                       | as the split named     | as the split named    | one word, a letter per 64 px cell |
+| reading_small, reading_small_unseen_words, reading_small_unseen_fonts, reading_small_nonce |
+|                       | as the split named     | as the split named    | one word in small print, cut as a real one |
 
 Each generator is `gen(n, seed=0) -> Iterator[record]` (the nanoocr.data.synthetic signature; registered in
 its GENERATORS, so `synthetic:reading:100000` is a conversion SPEC). Sample i depends only on (name, seed, i):
@@ -49,6 +51,12 @@ as above: proportional text at about one letter per vision token of the tiny vie
 lowercase letter's advance is about half an em), where letter j's token column depends on the widths of the letters
 before it. A model from scratch did not read it in 1100 steps (BENCHMARKS.md "Can the GPT read at all?"); it is the
 stage after the cells below.
+
+Small print (`reading_small*`, SMALL): one token of the named split's words and fonts at an em of 14-28 px (7-13 pt
+at 150 dpi, the render nanoocr.eval.lines cuts real words from), cut to the word's box as pdftotext gives one (its
+advance by the font's line height) plus a few pixels (_word_box_crop), not widened: the tiny view scales the crop
+up 4-10x, so the letters reach about the big words' size in tokens but with the blur of a few pixels blown up,
+which is what a real word crop looks like to the model.
 
 Letters in cells (`reading_cells*`, CELLS; cells_sample): one token of the named split's words and fonts, each
 letter centred in its own CELL = 64 px cell (a typewriter's fixed pitch, in any font) at an em of 64-88 px, on a
@@ -398,10 +406,10 @@ def sample(name: str, seed: int, i: int) -> tuple[dict, dict]:
     `reading_big*` name one big word of its split's words and fonts, cropped; `reading_cells*` is cells_sample's."""
     if name in CELLS:
         return cells_sample(name, seed, i)
-    if name not in SPLITS and name not in CROPS and name not in BIG:
+    if name not in SPLITS and name not in CROPS and name not in BIG and name not in SMALL:
         raise ValueError(f"unknown reading generator {name!r}; "
-                         f"expected one of {sorted({**SPLITS, **CROPS, **BIG, **CELLS})}")
-    split = CROPS.get(name) or BIG.get(name) or name  # whose words and fonts: a crop draws its split's sample i
+                         f"expected one of {sorted({**SPLITS, **CROPS, **BIG, **SMALL, **CELLS})}")
+    split = CROPS.get(name) or BIG.get(name) or SMALL.get(name) or name  # whose words and fonts: a crop draws its split's sample i
     unseen_words, unseen_fonts = SPLITS[split]
     train_fonts, held_fonts = font_split()
     vocab = None if split in NONCE else HELD_OUT_WORDS if unseen_words else TRAIN_WORDS
@@ -409,13 +417,13 @@ def sample(name: str, seed: int, i: int) -> tuple[dict, dict]:
     level = _pick_level(rng)  # drawn for every name, even where overridden: the same samples as the measured runs
     if split == "reading_nonce_words":
         level = "word"
-    if name in BIG:
-        level = "big"
+    if name in BIG or name in SMALL:
+        level = "big" if name in BIG else "small"
     font_rel = rng.choice(held_fonts if unseen_fonts else train_fonts)
     width = rng.randint(512, 640)
     max_w = width - 32  # at least 16 px of margin each side
-    if level == "big":
-        size, counts, punctuate = rng.randint(*BIG_EM), [1], False
+    if level in ("big", "small"):
+        size, counts, punctuate = rng.randint(*(BIG_EM if level == "big" else SMALL_EM)), [1], False
     elif level == "word":
         size, counts, punctuate = rng.randint(32, 64), [rng.randint(1, 3)], False
     elif level == "line":
@@ -444,6 +452,9 @@ def sample(name: str, seed: int, i: int) -> tuple[dict, dict]:
         for k, line in enumerate(lines):
             ink.text((x, y + k * step), line, font=fnt, fill=255)
         img, info["crop"] = _crop(img, bg, mask.getbbox(), random.Random(f"{name}:{seed}:{i}"))
+    if name in SMALL:  # the word's box as pdftotext gives it: its advance by the font's line height
+        box = (x, y, x + math.ceil(fnt.getlength(lines[0])), y + ascent + descent)
+        img, info["crop"] = _word_box_crop(img, bg, box, random.Random(f"{name}:{seed}:{i}"))
     img = _degrade(img, rng, info)
     rid = f"{name}-s{seed}-{i:06d}-{level}-{Path(font_rel).stem}"
     return qa(OCR_PROMPT, "\n".join(lines), png_bytes(img), rid, f"synthetic:{name}"), info
@@ -460,6 +471,17 @@ def _crop(img: Image.Image, bg: int, ink: tuple, rng: random.Random) -> tuple[Im
     out = Image.new("L", (x1 - x0, y1 - y0), bg)
     out.paste(img.crop((x0, y0, min(x1, img.width), y1)), (0, 0))
     return out, (x0, y0, x1, y1)
+
+
+def _word_box_crop(img: Image.Image, bg: int, box: tuple, rng: random.Random) -> tuple[Image.Image, tuple]:
+    """A word's box plus the margins nanoocr.eval.lines keeps around a real one (2 pt left and right, 0.5 pt above
+    and below at 150 dpi: ~4 and ~1 px, drawn from SMALL_MARGIN_X / _Y), no widening: a real word crop is small, and
+    the view scales it up. Returns the crop and its box on the canvas."""
+    left, top, right, bottom = box
+    x0, y0 = max(0, left - rng.randint(*SMALL_MARGIN_X)), max(0, top - rng.randint(*SMALL_MARGIN_Y))
+    x1 = min(img.width, right + rng.randint(*SMALL_MARGIN_X))
+    y1 = min(img.height, bottom + rng.randint(*SMALL_MARGIN_Y))
+    return img.crop((x0, y0, x1, y1)), (x0, y0, x1, y1)
 
 
 def cells_sample(name: str, seed: int, i: int) -> tuple[dict, dict]:
@@ -533,6 +555,11 @@ CROP_MIN_WIDTH = 384
 BIG = {"reading_big": "reading", "reading_big_unseen_words": "reading_unseen_words",
        "reading_big_unseen_fonts": "reading_unseen_fonts", "reading_big_nonce": "reading_nonce"}
 BIG_EM = (80, 120)  # em in pixels: about one lowercase letter per 64 px token
+# One word in small print, cut as a real word is: small name -> the split whose words and fonts it draws.
+SMALL = {"reading_small": "reading", "reading_small_unseen_words": "reading_unseen_words",
+         "reading_small_unseen_fonts": "reading_unseen_fonts", "reading_small_nonce": "reading_nonce"}
+SMALL_EM = (14, 28)  # 7-13 pt at 150 dpi, nanoocr.eval.lines' render of the Debian manuals (10 pt: ~21 px)
+SMALL_MARGIN_X, SMALL_MARGIN_Y = (2, 6), (0, 2)
 # One word, a letter per cell: cells name -> the split whose words and fonts it draws.
 CELLS = {"reading_cells": "reading", "reading_cells_unseen_words": "reading_unseen_words",
          "reading_cells_unseen_fonts": "reading_unseen_fonts", "reading_cells_nonce": "reading_nonce"}
@@ -597,6 +624,8 @@ READING_GENERATORS = {**{name: _generator(name, f"Text-line crops of `{split}`: 
                                                  "text (_crop).") for name, split in CROPS.items()},
                       **{name: _generator(name, f"One big word of `{split}`'s words and fonts, cropped (BIG_EM).")
                          for name, split in BIG.items()},
+                      **{name: _generator(name, f"One word of `{split}`'s words and fonts in small print, cut to its "
+                                                "box as a real word is (SMALL_EM).") for name, split in SMALL.items()},
                       **{name: _generator(name, f"One word of `{split}`'s words and fonts, a letter per 64 px cell "
                                                 "(cells_sample).") for name, split in CELLS.items()},
                       "reading": reading, "reading_unseen_words": reading_unseen_words,

@@ -19,6 +19,7 @@ deterministic: the same (n, seed) gives byte-identical images and texts on the s
 | reading_crop (_unseen_words, _unseen_fonts, _nonce, _nonce_words) | the same samples cut to the text | the text |
 | reading_big (_unseen_words, _unseen_fonts, _nonce) | one word at an em of 80-120 px, cropped | the text   |
 | reading_cells (_unseen_words, _unseen_fonts, _nonce) | one word, one letter per 64 px cell    | the text   |
+| reading_small (_unseen_words, _unseen_fonts, _nonce) | one word at 14-28 px, cut to its box | the text   |
 
 Notable features:
 - fonts: DejaVu from /usr/share/fonts/truetype/dejavu when installed, else PIL's scalable default font
