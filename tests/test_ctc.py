@@ -251,8 +251,8 @@ def test_reads_big_starts_from_the_cells_checkpoint(tmp_path, shrunk_reads):
 def test_reads_small_starts_from_the_big_words_checkpoint(tmp_path, shrunk_reads):
     """yamls/reads_small.yaml as written, shrunk: it loads the big words model's checkpoint (a shrunk reads_cells.yaml
     run that saved one stands in: the same architecture) and the cells tokenizer, builds reads_big.yaml's sets where
-    they are missing, trains on its small print + big words + cells mix and evaluates; at lr 0 its weights are the
-    loaded ones."""
+    they are missing, trains on its small print + spot pages + big words + cells mix and evaluates; at lr 0 its weights
+    are the loaded ones."""
     from nanoocr.train.recipe import train
     cells_run = tmp_path / "cells_run"
     cells = train(shrunk_reads("reads_cells.yaml", tmp_path / "cells", cells_run, CELLS_SETS,
@@ -261,9 +261,10 @@ def test_reads_small_starts_from_the_big_words_checkpoint(tmp_path, shrunk_reads
     run, data = tmp_path / "small_run", tmp_path / "small"
     cfg = shrunk_reads("reads_small.yaml", data, run, {
         "nonce": "reading_small_nonce:16:0", "unseen_words": "reading_small_unseen_words:2:1",
-        "unseen_fonts": "reading_small_unseen_fonts:2:2", "big/cells": "reading_cells_nonce:8:1"},
+        "unseen_fonts": "reading_small_unseen_fonts:2:2", "spot": "reading_spot_nonce:8:0",
+        "spot_unseen_words": "reading_spot_unseen_words:2:1", "big/cells": "reading_cells_nonce:8:1"},
         (f"variables.big_run={cells_run}", f"variables.cells_run={cells_run}", f"variables.big_data_dir={data}/big",
-         "build_data.3.input=synthetic:reading_big_nonce:8:0", "optimizer.lr=0.0", "optimizer.param_groups={}"))
+         "build_data.5.input=synthetic:reading_big_nonce:8:0", "optimizer.lr=0.0", "optimizer.param_groups={}"))
     assert cfg["load_path"] == f"{cells_run}/checkpoints/latest-rank0.pt" and cfg["load_weights_only"]
     small = train(cfg)
     assert (data / "big" / "nonce" / "index.json").exists()  # built by the recipe's build_data: it was missing
@@ -279,7 +280,7 @@ def test_reads_gundam_starts_from_the_reading_model_in_either_mode(tmp_path, shr
     trains on fine-text pages and transcribes held-out ones; Gundam's pages take the global view plus its tiles,
     Base's the 1024 px view alone (273 tokens)."""
     from nanoocr.data.images import count_tokens, gundam_tiles
-    from nanoocr.data.reading import fine_sample
+    from nanoocr.data.reading import page_sample
     from nanoocr.train.recipe import train
     cells_run = tmp_path / "cells_run"
     train(shrunk_reads("reads_cells.yaml", tmp_path / "cells", cells_run, CELLS_SETS,
@@ -292,7 +293,7 @@ def test_reads_gundam_starts_from_the_reading_model_in_either_mode(tmp_path, shr
     assert cfg["load_path"] == f"{cells_run}/checkpoints/latest-rank0.pt" and cfg["load_weights_only"]
     train(cfg)
     summary = json.loads((run / "eval.json").read_text())["summary"]
-    pages = [fine_sample("reading_fine_unseen_words", 1, i)[1]["page"] for i in range(2)]
+    pages = [page_sample("reading_fine_unseen_words", 1, i)[1]["page"] for i in range(2)]
     expected = [count_tokens(mode, size=p) for p in pages]
     assert summary["n"] == 2 and summary["vision_tokens"] == sum(expected)
     if mode == "gundam":

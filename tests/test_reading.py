@@ -124,33 +124,43 @@ def test_too_few_fonts_names_the_packages(tmp_path):
         reading.sample("nope", 0, 0)
 
 
-def test_fine_pages_split_and_sizes():
-    """Fine-text pages: nonce tokens to train on, held-out words to evaluate; a big word on a bigger page, which the
-    Base view shrinks below the size the reading stages read and Gundam's tiles keep near it (what they are for)."""
+def test_pages_split_and_sizes():
+    """A word on a page: nonce tokens to train on, held-out words to evaluate. Fine pages are big, which the Base view
+    shrinks below the size the reading stages read and Gundam's tiles keep near it (what they are for); spot pages
+    are what the Base view sees of one, at the tiny view's cost."""
     from nanoocr.data.images import TILE, gundam_tiles
-    samples = {name: [reading.fine_sample(name, 0, i) for i in range(40)] for name in reading.FINE_SPLITS}
-    seen = {name: set().union(*(words_of(answer(r).lower()) for r, _ in s)) for name, s in samples.items()}
-    assert not seen["reading_fine"] & set(reading.WORDS), "train pages are nonce tokens, never a real word"
-    assert seen["reading_fine_unseen_words"] <= set(reading.HELD_OUT_WORDS) and len(seen["reading_fine_unseen_words"]) > 25
-    gundam_scales = []
+    samples = {name: [reading.page_sample(name, 0, i) for i in range(30)] for name in reading.PAGES}
+    scales = {"fine": [], "spot": []}
     for name, s in samples.items():
+        held_out, (lo, hi), level = reading.PAGES[name]
         assert GENERATORS[name] is reading.READING_GENERATORS[name]
+        seen = set().union(*(words_of(answer(r).lower()) for r, _ in s))
+        if held_out:
+            assert seen <= set(reading.HELD_OUT_WORDS) and len(seen) > 20
+        else:
+            assert not seen & set(reading.WORDS), "train pages are nonce tokens, never a real word"
         for rec, info in s:
             validate_record(rec)
+            assert info["level"] == level and rec["id"].startswith(f"{name}-s0-")
             img = Image.open(io.BytesIO(rec["image"]))
             w, h = img.size
-            assert img.size == info["page"] and 1600 <= max(w, h) <= 2048 and 1.4 < max(w, h) / min(w, h) < 1.6
-            assert reading.FINE_EM[0] <= info["size"] <= reading.FINE_EM[1] and answer(rec) == info["lines"][0]
+            assert img.size == info["page"] and lo <= max(w, h) <= hi and 1.4 < max(w, h) / min(w, h) < 1.6
+            assert reading.PAGE_EM[0] <= info["size"] <= reading.PAGE_EM[1] and answer(rec) == info["lines"][0]
             x0, y0, x1, y1 = info["box"]  # the ink's box lies on the page, with the margin, and holds the ink
             assert 16 <= x0 < x1 <= w - 16 and 16 <= y0 < y1 <= h - 16
             ink = np.asarray(img.convert("L"), dtype=np.int16)
             assert (abs(ink[y0:y1, x0:x1] - info["bg"]) > 45).any()
-            tw, th = gundam_tiles(w, h)
-            gundam_scales.append(((TILE * tw / w) * (TILE * th / h)) ** 0.5)
-    assert np.median(gundam_scales) > 0.9, "Gundam's tiles keep most pages near 1x"
-    assert [r["image"] for r, _ in samples["reading_fine"][:3]] == [r["image"] for r in GENERATORS["reading_fine"](3, 0)]
-    with pytest.raises(ValueError, match="unknown fine reading generator"):
-        reading.fine_sample("reading_fine_x", 0, 0)
+            if level == "fine":  # Gundam's tiles: the page resized to the tile grid
+                tw, th = gundam_tiles(w, h)
+                scales[level].append(((TILE * tw / w) * (TILE * th / h)) ** 0.5)
+            else:  # the tiny view: the long side to 512, as the Base view takes a fine page's to 1024
+                scales[level].append(512 / max(w, h))
+    assert np.median(scales["fine"]) > 0.9, "Gundam's tiles keep most fine pages near 1x"
+    assert 0.5 <= min(scales["spot"]) and max(scales["spot"]) <= 0.64, "spot pages at the Base view's 0.5-0.64"
+    for name in reading.PAGES:
+        assert [r["image"] for r, _ in samples[name][:3]] == [r["image"] for r in GENERATORS[name](3, 0)]
+    with pytest.raises(ValueError, match="unknown page reading generator"):
+        reading.page_sample("reading_fine_x", 0, 0)
 
 
 def test_crops_are_their_splits_samples_cut_to_the_text():

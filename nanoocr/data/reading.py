@@ -10,6 +10,8 @@ rendered in many fonts, with held-out words and held-out fonts for measuring gen
 | reading_nonce_words   | random letter strings  | train fonts           | the first stage: word level only (1-3, 32-64 px) |
 | reading_fine          | random letter strings  | train fonts           | a big word on a bigger page (Gundam vs Base) |
 | reading_fine_unseen_words | HELD_OUT_WORDS     | train fonts           | eval: the same with words it never saw |
+| reading_spot_nonce    | random letter strings  | train fonts           | a big word anywhere, at Base's scale |
+| reading_spot_unseen_words | HELD_OUT_WORDS     | train fonts           | eval: the same with words it never saw |
 | reading_crop, reading_crop_unseen_words, reading_crop_unseen_fonts, reading_crop_nonce, reading_crop_nonce_words |
 |                       | as the uncropped split | as the uncropped split | the same samples as text-line crops |
 | reading_big, reading_big_unseen_words, reading_big_unseen_fonts, reading_big_nonce |
@@ -409,7 +411,8 @@ def sample(name: str, seed: int, i: int) -> tuple[dict, dict]:
     if name not in SPLITS and name not in CROPS and name not in BIG and name not in SMALL:
         raise ValueError(f"unknown reading generator {name!r}; "
                          f"expected one of {sorted({**SPLITS, **CROPS, **BIG, **SMALL, **CELLS})}")
-    split = CROPS.get(name) or BIG.get(name) or SMALL.get(name) or name  # whose words and fonts: a crop draws its split's sample i
+    # whose words and fonts: a crop draws its split's sample i
+    split = CROPS.get(name) or BIG.get(name) or SMALL.get(name) or name
     unseen_words, unseen_fonts = SPLITS[split]
     train_fonts, held_fonts = font_split()
     vocab = None if split in NONCE else HELD_OUT_WORDS if unseen_words else TRAIN_WORDS
@@ -566,51 +569,55 @@ CELLS = {"reading_cells": "reading", "reading_cells_unseen_words": "reading_unse
 CELL, CELLS_WIDTH = 64, 512  # the cell (letter pitch) and the strip's width in pixels: the tiny view keeps both
 CELLS_EM = (64, 88)  # the em in pixels: lowercase letters fill half to most of a cell, the widest capitals all of it
 NONCE = ("reading_nonce", "reading_nonce_words")  # the generators whose tokens are random letter strings
-FINE_SPLITS = {"reading_fine": False, "reading_fine_unseen_words": True}  # name -> held-out words (else nonce)?
-FINE_LONG, FINE_ASPECT = (1600, 2048), 1.5  # page long side; long / short, as a 3 x 2 grid of Gundam tiles
-FINE_EM = (100, 130)  # Gundam's tiles show it at about the size big words reach the tiny view (crops of >= 384 px)
+FINE_LONG, SPOT_LONG, PAGE_ASPECT = (1600, 2048), (800, 1024), 1.5  # page long sides; long / short (3 x 2 tiles)
+PAGE_EM = (100, 130)  # Gundam's tiles show it at about the size big words reach the tiny view (crops of >= 384 px)
+# A word on a page: name -> (held-out words, else nonce tokens?; the page's long side; the level in the id).
+PAGES = {"reading_fine": (False, FINE_LONG, "fine"), "reading_fine_unseen_words": (True, FINE_LONG, "fine"),
+         "reading_spot_nonce": (False, SPOT_LONG, "spot"), "reading_spot_unseen_words": (True, SPOT_LONG, "spot")}
 
 
-def fine_sample(name: str, seed: int, i: int) -> tuple[dict, dict]:
-    """(record, parameters) of a fine-text page: one token at an em of 100-130 px (FINE_EM) on a page 1600-2048 px
-    long at ~1.5:1, portrait or landscape. Fine for the model's view: Gundam's grid (3 x 2 tiles of 640 px for
-    nearly every such page) shows it at 0.9-1.2x, about the size the big words stage reads (crops of >= 384 px
-    resized to 512: ~1-1.5 letters per vision token), while the Base view (1024 px) shrinks it by 0.5-0.64, to
-    about half the letters' width in tokens. The train split draws nonce tokens (random letter strings, as reading_big_nonce),
-    the eval split held-out words; train fonts, the curriculum's contrast and degradations."""
-    if name not in FINE_SPLITS:
-        raise ValueError(f"unknown fine reading generator {name!r}; expected one of {sorted(FINE_SPLITS)}")
+def page_sample(name: str, seed: int, i: int) -> tuple[dict, dict]:
+    """(record, parameters) of a page holding one token at an em of 100-130 px (PAGE_EM) anywhere on it, the page
+    ~1.5:1, portrait or landscape. Fine-text pages (`reading_fine*`, 1600-2048 px long): fine for the model's view,
+    Gundam's grid (3 x 2 tiles of 640 px for nearly every such page) shows the word at 0.9-1.2x, about the size the
+    big words stage reads (crops of >= 384 px resized to 512: ~1-1.5 letters per vision token), while the Base view
+    (1024 px) shrinks it by 0.5-0.64, to about half the letters' width in tokens. Spot pages (`reading_spot*`,
+    800-1024 px long) are what the Base view sees of a fine page, at the tiny view's cost: the word at 0.5-0.64x
+    anywhere in the 8 x 8 grid, to learn to find it. The train splits draw nonce tokens (random letter strings, as
+    reading_big_nonce), the eval splits held-out words; train fonts, the curriculum's contrast and degradations."""
+    if name not in PAGES:
+        raise ValueError(f"unknown page reading generator {name!r}; expected one of {sorted(PAGES)}")
+    held_out, long_range, level = PAGES[name]
     train_fonts, _ = font_split()
     rng = random.Random(f"{name}:{seed}:{i}")
     font_rel = rng.choice(train_fonts)
-    long_side = rng.randint(*FINE_LONG)
-    short_side = round(long_side / FINE_ASPECT * rng.uniform(0.95, 1.05))
+    long_side = rng.randint(*long_range)
+    short_side = round(long_side / PAGE_ASPECT * rng.uniform(0.95, 1.05))
     width, height = (long_side, short_side) if rng.random() < 0.5 else (short_side, long_side)
-    fnt = _font(font_rel, rng.randint(*FINE_EM))
-    text = _token(rng, HELD_OUT_WORDS if FINE_SPLITS[name] else None)
+    fnt = _font(font_rel, rng.randint(*PAGE_EM))
+    text = _token(rng, HELD_OUT_WORDS if held_out else None)
     left, top, right, bottom = fnt.getbbox(text)
     x, y = rng.randint(16 - left, width - 16 - right), rng.randint(16 - top, height - 16 - bottom)
     bg, fg = _contrast(rng)
     img = Image.new("L", (width, height), bg)
     ImageDraw.Draw(img).text((x, y), text, font=fnt, fill=fg)
-    info = {"level": "fine", "font": font_rel, "size": fnt.size, "fg": fg, "bg": bg, "lines": [text],
+    info = {"level": level, "font": font_rel, "size": fnt.size, "fg": fg, "bg": bg, "lines": [text],
             "page": (width, height), "box": (x + left, y + top, x + right, y + bottom),
             "blur": None, "noise": None, "jpeg": None}
     img = _degrade(img, rng, info)
-    rid = f"{name}-s{seed}-{i:06d}-fine-{Path(font_rel).stem}"
+    rid = f"{name}-s{seed}-{i:06d}-{level}-{Path(font_rel).stem}"
     return qa(OCR_PROMPT, text, png_bytes(img), rid, f"synthetic:{name}"), info
 
 
-def reading_fine(n: int, seed: int = 0) -> Iterator[dict]:
-    """Fine-text pages of nonce tokens (Gundam vs Base, training)."""
-    font_split()
-    return (fine_sample("reading_fine", seed, i)[0] for i in range(n))
-
-
-def reading_fine_unseen_words(n: int, seed: int = 0) -> Iterator[dict]:
-    """Fine-text pages of held-out words (never in any `reading*` training stream)."""
-    font_split()
-    return (fine_sample("reading_fine_unseen_words", seed, i)[0] for i in range(n))
+def _page_generator(name: str):
+    def gen(n: int, seed: int = 0) -> Iterator[dict]:
+        font_split()  # fail on missing fonts at the first record, not mid-stream
+        return (page_sample(name, seed, i)[0] for i in range(n))
+    held_out, long_range, _ = PAGES[name]
+    gen.__name__ = name
+    gen.__doc__ = (f"One {'held-out word' if held_out else 'nonce token'} on a page {long_range[0]}-{long_range[1]} px "
+                   "long (page_sample).")
+    return gen
 
 
 def _generator(name: str, doc: str):
@@ -631,4 +638,4 @@ READING_GENERATORS = {**{name: _generator(name, f"Text-line crops of `{split}`: 
                       "reading": reading, "reading_unseen_words": reading_unseen_words,
                       "reading_unseen_fonts": reading_unseen_fonts, "reading_nonce": reading_nonce,
                       "reading_nonce_words": reading_nonce_words,
-                      "reading_fine": reading_fine, "reading_fine_unseen_words": reading_fine_unseen_words}
+                      **{name: _page_generator(name) for name in PAGES}}
