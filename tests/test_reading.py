@@ -145,7 +145,9 @@ def test_pages_split_and_sizes():
             img = Image.open(io.BytesIO(rec["image"]))
             w, h = img.size
             assert img.size == info["page"] and lo <= max(w, h) <= hi and 1.4 < max(w, h) / min(w, h) < 1.6
-            assert reading.PAGE_EM[0] <= info["size"] <= reading.PAGE_EM[1] and answer(rec) == info["lines"][0]
+            assert info["size"] <= reading.PAGE_EM[1] and answer(rec) == info["lines"][0]
+            # smaller than PAGE_EM only where the word would not fit across the page: it nearly fills it
+            assert info["size"] >= reading.PAGE_EM[0] or info["box"][2] - info["box"][0] > 0.9 * (w - 32)
             x0, y0, x1, y1 = info["box"]  # the ink's box lies on the page, with the margin, and holds the ink
             assert 16 <= x0 < x1 <= w - 16 and 16 <= y0 < y1 <= h - 16
             ink = np.asarray(img.convert("L"), dtype=np.int16)

@@ -597,6 +597,9 @@ def page_sample(name: str, seed: int, i: int) -> tuple[dict, dict]:
     fnt = _font(font_rel, rng.randint(*PAGE_EM))
     text = _token(rng, HELD_OUT_WORDS if held_out else None)
     left, top, right, bottom = fnt.getbbox(text)
+    while right - left > width - 32:  # a long word on a narrow (portrait spot) page: smaller, no new draw
+        fnt = _font(font_rel, fnt.size - 4)
+        left, top, right, bottom = fnt.getbbox(text)
     x, y = rng.randint(16 - left, width - 16 - right), rng.randint(16 - top, height - 16 - bottom)
     bg, fg = _contrast(rng)
     img = Image.new("L", (width, height), bg)
