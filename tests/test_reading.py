@@ -194,9 +194,11 @@ def test_crops_are_their_splits_samples_cut_to_the_text():
         reading.sample("reading_crop_x", 0, 0)
 
 
-def one_word_samples(splits: dict, level: str, n: int):
+def one_word_samples(splits: dict, level: str, n: int, em: tuple):
     """(split, record, info, answer) of the first n samples of each one-word generator (name -> the split whose words
-    and fonts it draws), after the checks they share: registered, deterministic, valid, one word, the word split."""
+    and fonts it draws), after the checks they share: registered, deterministic, valid, one word, the em in `em`,
+    the word split and the font split."""
+    train_fonts, held_fonts = reading.font_split()
     for name, split in splits.items():
         assert GENERATORS[name] is reading.READING_GENERATORS[name]
         assert [r["image"] for r in GENERATORS[name](3, 5)] == [r["image"] for r in GENERATORS[name](3, 5)]
@@ -205,7 +207,8 @@ def one_word_samples(splits: dict, level: str, n: int):
             validate_record(rec)
             text = answer(rec)
             assert info["level"] == level and rec["id"].startswith(f"{name}-s0-{i:06d}-{level}-")
-            assert text and " " not in text and "\n" not in text
+            assert text and " " not in text and "\n" not in text and em[0] <= info["size"] <= em[1]
+            assert info["font"] in (held_fonts if split == "reading_unseen_fonts" else train_fonts), info["font"]
             if split == "reading_nonce":
                 assert not text.isalpha() or text.lower() not in reading.WORDS
             elif text.isalpha():
@@ -213,18 +216,19 @@ def one_word_samples(splits: dict, level: str, n: int):
             yield split, rec, info, text
 
 
+def ink_columns(img: Image.Image, info: dict) -> np.ndarray:
+    """The pixel columns holding ink: nearer the sample's ink level than its background's."""
+    grey = np.asarray(img.convert("L"), dtype=np.int16)
+    return np.flatnonzero((np.abs(grey - info["bg"]) > abs(info["fg"] - info["bg"]) / 2).any(axis=0))
+
+
 def test_big_words_one_word_about_one_letter_per_token():
     """reading_big*: one word of the named split's words and fonts, cropped to the ink; measured on the pixels, the
     tiny view (the crop padded to a square, 512 px) spans about one 64 px token per letter."""
-    train_fonts, held_fonts = reading.font_split()
     per_token = []
-    for split, rec, info, text in one_word_samples(reading.BIG, "big", 40):
-        assert reading.BIG_EM[0] <= info["size"] <= reading.BIG_EM[1]
-        assert info["font"] in (held_fonts if split == "reading_unseen_fonts" else train_fonts), info["font"]
+    for split, rec, info, text in one_word_samples(reading.BIG, "big", 40, reading.BIG_EM):
         img = Image.open(io.BytesIO(rec["image"]))
-        grey = np.asarray(img.convert("L"), dtype=np.int16)
-        ink = np.abs(grey - info["bg"]) > abs(info["fg"] - info["bg"]) / 2
-        cols = np.flatnonzero(ink.any(axis=0))
+        cols = ink_columns(img, info)
         assert cols[0] <= reading.CROP_MARGIN_X[1] + 3, (rec["id"], cols[:3])
         per_token.append(len(text) / ((cols[-1] - cols[0] + 1) * 512 / max(img.size) / 64))
     assert 0.8 < float(np.median(per_token)) < 1.25 and max(per_token) < 2.0, (np.median(per_token), max(per_token))
@@ -235,11 +239,9 @@ def test_cells_words_one_letter_per_token_column():
     the word and nothing lies past the word's last column but a wide capital's overhang; the word and font splits
     hold."""
     from nanoocr.data.images import image_views, open_image, padded_box
-    train_fonts, held_fonts = reading.font_split()
     held_used = set()
-    for split, rec, info, text in one_word_samples(reading.CELLS, "cells", 30):
-        assert len(text) <= 7 and reading.CELLS_EM[0] <= info["size"] <= reading.CELLS_EM[1]
-        assert info["font"] in (held_fonts if split == "reading_unseen_fonts" else train_fonts), info["font"]
+    for split, rec, info, text in one_word_samples(reading.CELLS, "cells", 30, reading.CELLS_EM):
+        assert len(text) <= 7
         if split == "reading_unseen_fonts":
             held_used.add(info["font"])
         img = open_image(rec["image"])
@@ -261,11 +263,8 @@ def test_small_print_words_cut_as_real_words_are():
     assert reading.SMALL_MARGIN_X[0] <= lines.MARGIN_X_PT * lines.DPI / 72 <= reading.SMALL_MARGIN_X[1]
     assert reading.SMALL_MARGIN_Y[0] <= lines.MARGIN_Y_PT * lines.DPI / 72 <= reading.SMALL_MARGIN_Y[1]
     assert reading.SMALL_EM[0] <= 10 * lines.DPI / 72 <= reading.SMALL_EM[1]  # 10 pt body text
-    train_fonts, held_fonts = reading.font_split()
     per_token = []
-    for split, rec, info, text in one_word_samples(reading.SMALL, "small", 30):
-        assert reading.SMALL_EM[0] <= info["size"] <= reading.SMALL_EM[1]
-        assert info["font"] in (held_fonts if split == "reading_unseen_fonts" else train_fonts), info["font"]
+    for split, rec, info, text in one_word_samples(reading.SMALL, "small", 30, reading.SMALL_EM):
         img = Image.open(io.BytesIO(rec["image"]))
         fnt = ImageFont.truetype(str(reading.FONT_ROOT / info["font"]), info["size"])
         ascent, descent = fnt.getmetrics()
@@ -273,8 +272,6 @@ def test_small_print_words_cut_as_real_words_are():
         assert img.size == (x1 - x0, y1 - y0)
         assert 0 <= img.width - math.ceil(fnt.getlength(text)) <= 2 * reading.SMALL_MARGIN_X[1]
         assert 0 <= img.height - (ascent + descent) <= 2 * reading.SMALL_MARGIN_Y[1]
-        grey = np.asarray(img.convert("L"), dtype=np.int16)
-        ink = np.abs(grey - info["bg"]) > abs(info["fg"] - info["bg"]) / 2
-        cols = np.flatnonzero(ink.any(axis=0))
+        cols = ink_columns(img, info)
         per_token.append(len(text) / ((cols[-1] - cols[0] + 1) * 512 / max(img.size) / 64))
     assert 0.6 < float(np.median(per_token)) < 1.6, np.median(per_token)
