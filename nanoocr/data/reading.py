@@ -405,7 +405,8 @@ def _degrade(img: Image.Image, rng: random.Random, info: dict) -> Image.Image:
 def sample(name: str, seed: int, i: int) -> tuple[dict, dict]:
     """(record, rendering parameters) of sample `i` of generator `name`; depends on nothing but the three.
     A `reading_crop*` name draws the sample of its uncropped split (CROPS) and crops it to the text (_crop); a
-    `reading_big*` name one big word of its split's words and fonts, cropped; `reading_cells*` is cells_sample's."""
+    `reading_big*` name one big word of its split's words and fonts, cropped; a `reading_small*` name one word in small
+    print cut to its box (_word_box_crop); `reading_cells*` is cells_sample's."""
     if name in CELLS:
         return cells_sample(name, seed, i)
     if name not in SPLITS and name not in CROPS and name not in BIG and name not in SMALL:
