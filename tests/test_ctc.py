@@ -225,14 +225,21 @@ def test_reads_ctc_yaml_shrunk_logs_both_losses(tmp_path, shrunk_reads, yaml, se
     assert json.loads((run / "eval.json").read_text())["summary"]["n"] == 2
 
 
+def cells_checkpoint(tmp_path, shrunk_reads):
+    """(run folder, trainer) of a shrunk reads_cells.yaml run that saved a checkpoint: what the later reading stages
+    load (the same architecture as reads_big's and reads_small's)."""
+    from nanoocr.train.recipe import train
+    cells_run = tmp_path / "cells_run"
+    return cells_run, train(shrunk_reads("reads_cells.yaml", tmp_path / "cells", cells_run, CELLS_SETS,
+                                         (f"save_folder={cells_run}/checkpoints", "save_interval=3ba")))
+
+
 def test_reads_big_starts_from_the_cells_checkpoint(tmp_path, shrunk_reads):
     """yamls/reads_big.yaml as written, shrunk: it loads the cells stage's checkpoint and tokenizer (from a shrunk
     reads_cells.yaml run that saved one), trains on its big-word + cells mix and evaluates. Run at lr 0, its weights
     are exactly the cells run's: the checkpoint was loaded, not a fresh model trained."""
     from nanoocr.train.recipe import train
-    cells_run = tmp_path / "cells_run"
-    cells = train(shrunk_reads("reads_cells.yaml", tmp_path / "cells", cells_run, CELLS_SETS,
-                               (f"save_folder={cells_run}/checkpoints", "save_interval=3ba")))
+    cells_run, cells = cells_checkpoint(tmp_path, shrunk_reads)
     saved = {n: p.detach().clone() for n, p in cells.state.model.named_parameters()}
     run = tmp_path / "big_run"
     cfg = shrunk_reads("reads_big.yaml", tmp_path / "big", run, {
@@ -254,9 +261,7 @@ def test_reads_small_starts_from_the_big_words_checkpoint(tmp_path, shrunk_reads
     they are missing, trains on its small print + spot pages + big words + cells mix and evaluates; at lr 0 its weights
     are the loaded ones."""
     from nanoocr.train.recipe import train
-    cells_run = tmp_path / "cells_run"
-    cells = train(shrunk_reads("reads_cells.yaml", tmp_path / "cells", cells_run, CELLS_SETS,
-                               (f"save_folder={cells_run}/checkpoints", "save_interval=3ba")))
+    cells_run, cells = cells_checkpoint(tmp_path, shrunk_reads)
     saved = {n: p.detach().clone() for n, p in cells.state.model.named_parameters()}
     run, data = tmp_path / "small_run", tmp_path / "small"
     cfg = shrunk_reads("reads_small.yaml", data, run, {
@@ -282,9 +287,7 @@ def test_reads_gundam_starts_from_the_reading_model_in_either_mode(tmp_path, shr
     from nanoocr.data.images import count_tokens, gundam_tiles
     from nanoocr.data.reading import page_sample
     from nanoocr.train.recipe import train
-    cells_run = tmp_path / "cells_run"
-    train(shrunk_reads("reads_cells.yaml", tmp_path / "cells", cells_run, CELLS_SETS,
-                       (f"save_folder={cells_run}/checkpoints", "save_interval=3ba")))
+    cells_run, _ = cells_checkpoint(tmp_path, shrunk_reads)
     run = tmp_path / "fine_run"
     cfg = shrunk_reads("reads_gundam.yaml", tmp_path / "fine", run, {
         "train": "reading_fine:12:0", "unseen_words": "reading_fine_unseen_words:2:1"},
